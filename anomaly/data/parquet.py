@@ -1,0 +1,88 @@
+"""Parquet in and out: one file, a directory or a glob in; atomic writes out."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from anomaly.errors import DataFileError
+
+logger = logging.getLogger(__name__)
+
+
+def list_parquet_files(source: str | os.PathLike[str]) -> list[Path]:
+    """Expand a Parquet file, a directory (searched recursively) or a glob into sorted file paths.
+
+    Raises
+    ------
+    DataFileError
+        If nothing matches, naming the source.
+    """
+    text = os.fspath(source)
+    path = Path(text)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+    elif path.is_file():
+        files = [path]
+    elif glob.has_magic(text):
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+    else:
+        raise DataFileError(f"{text}: no such file or directory (expected a Parquet file, a directory or a glob)")
+    if not files:
+        raise DataFileError(f"{text}: no Parquet files found (looked for *.parquet)")
+    return files
+
+
+def _read_one(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        raise DataFileError(f"{path}: cannot read as Parquet ({exc})") from exc
+
+
+def read_table(source: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read one Parquet file, every ``*.parquet`` under a directory, or a glob, into one DataFrame.
+
+    Files are concatenated in sorted path order; their schemas must unify (same column names,
+    compatible types), otherwise the error names the file that does not fit.
+    """
+    files = list_parquet_files(source)
+    tables = []
+    for path in files:
+        table = _read_one(path)
+        if tables:
+            try:
+                pa.unify_schemas([tables[0].schema, table.schema], promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise DataFileError(
+                    f"{path}: columns do not match {files[0]} ({exc})"
+                ) from exc
+        tables.append(table)
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    logger.info("read %d rows x %d columns from %d file(s) at %s", table.num_rows, table.num_columns, len(files), source)
+    return table.to_pandas()
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write ``frame`` to ``path`` through a temporary file in the same directory, then rename.
+
+    Readers never see a half-written file, and a crash leaves at most a hidden temporary file.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,201 @@
+"""Table schemas: which columns are features, of what kind, checked once at the boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pandas.api import types as ptypes
+
+from anomaly.errors import SchemaError
+
+ColumnKind = Literal["numeric", "categorical"]
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One feature column as seen at fit time."""
+
+    name: str
+    kind: ColumnKind
+    dtype: str
+
+
+def _is_categorical_dtype(dtype: Any) -> bool:
+    return bool(
+        ptypes.is_string_dtype(dtype)
+        or ptypes.is_object_dtype(dtype)
+        or isinstance(dtype, pd.CategoricalDtype)
+        or ptypes.is_bool_dtype(dtype)
+    )
+
+
+def _is_numeric_dtype(dtype: Any) -> bool:
+    return bool(ptypes.is_numeric_dtype(dtype) and not ptypes.is_bool_dtype(dtype))
+
+
+def as_frame(X: Any, n_columns_expected: int | None = None) -> pd.DataFrame:
+    """Turn an array-like into a DataFrame; arrays get columns ``x0 .. x{d-1}``.
+
+    Raises
+    ------
+    SchemaError
+        If an array is not 2-D.
+    """
+    if isinstance(X, pd.DataFrame):
+        return X
+    array = np.asarray(X)
+    if array.ndim != 2:
+        raise SchemaError(f"expected a 2-D array (n_samples, n_features), found shape {array.shape}")
+    return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """The feature and key columns a model was fitted on.
+
+    Parameters
+    ----------
+    features : tuple of ColumnSpec
+        Feature columns in model order: what the network sees, after encoding.
+    keys : tuple of str
+        Columns passed through to outputs untouched (ids, timestamps).
+    """
+
+    features: tuple[ColumnSpec, ...]
+    keys: tuple[str, ...] = ()
+
+    @property
+    def numeric_columns(self) -> list[str]:
+        return [c.name for c in self.features if c.kind == "numeric"]
+
+    @property
+    def categorical_columns(self) -> list[str]:
+        return [c.name for c in self.features if c.kind == "categorical"]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c.name for c in self.features]
+
+    @classmethod
+    def infer(
+        cls,
+        frame: pd.DataFrame,
+        feature_columns: Sequence[str] | None = None,
+        categorical_columns: Sequence[str] | None = None,
+        key_columns: Sequence[str] = (),
+        source: str | None = None,
+    ) -> TableSchema:
+        """Choose feature columns from ``frame``.
+
+        Features are ``feature_columns`` when given, else every numeric column that is not a key,
+        plus ``categorical_columns``. String, categorical and bool columns are categorical.
+        """
+        names = [str(c) for c in frame.columns]
+        keys = tuple(str(k) for k in key_columns)
+        categorical = [str(c) for c in (categorical_columns or [])]
+        for column in [*keys, *categorical, *(feature_columns or [])]:
+            if column not in frame.columns:
+                raise SchemaError(
+                    f"column '{column}' not found; columns present: {names}", column=column, source=source
+                )
+        if feature_columns is None:
+            chosen = [c for c in names if c not in keys and c not in categorical and _is_numeric_dtype(frame[c].dtype)]
+            chosen += [c for c in categorical if c not in chosen]
+        else:
+            chosen = [str(c) for c in feature_columns]
+            chosen += [c for c in categorical if c not in chosen]
+        if not chosen:
+            raise SchemaError(
+                f"no feature columns: no numeric column besides the keys {list(keys)}; columns present: {names}",
+                source=source,
+            )
+        specs = []
+        for name in chosen:
+            dtype = frame[name].dtype
+            if name in categorical or _is_categorical_dtype(dtype):
+                kind: ColumnKind = "categorical"
+            elif _is_numeric_dtype(dtype):
+                kind = "numeric"
+            else:
+                raise SchemaError(
+                    f"column '{name}': expected a numeric or categorical feature, found {dtype}",
+                    column=name,
+                    source=source,
+                )
+            specs.append(ColumnSpec(name=name, kind=kind, dtype=str(dtype)))
+        return cls(features=tuple(specs), keys=keys)
+
+    def validate(self, frame: pd.DataFrame, source: str | None = None, require_keys: bool = True) -> None:
+        """Check ``frame`` has every feature (and key) column with a compatible type.
+
+        Raises
+        ------
+        SchemaError
+            Naming the first offending column, the type expected and the type found.
+        """
+        present = set(map(str, frame.columns))
+        wanted = [*self.keys] if require_keys else []
+        for key in wanted:
+            if key not in present:
+                raise SchemaError(
+                    f"missing key column '{key}': expected it to pass through to the output, found only {sorted(present)}",
+                    column=key,
+                    source=source,
+                )
+        for spec in self.features:
+            if spec.name not in present:
+                raise SchemaError(
+                    f"missing column '{spec.name}': expected {spec.kind} ({spec.dtype}), found no such column",
+                    column=spec.name,
+                    source=source,
+                )
+            dtype = frame[spec.name].dtype
+            ok = _is_numeric_dtype(dtype) if spec.kind == "numeric" else True
+            if not ok:
+                raise SchemaError(
+                    f"column '{spec.name}': expected {spec.kind} ({spec.dtype}), found {dtype}",
+                    column=spec.name,
+                    source=source,
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": [{"name": c.name, "kind": c.kind, "dtype": c.dtype} for c in self.features],
+            "keys": list(self.keys),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TableSchema:
+        return cls(
+            features=tuple(ColumnSpec(**c) for c in data["features"]),
+            keys=tuple(data.get("keys", ())),
+        )
+
+
+def invalid_row_reasons(frame: pd.DataFrame, schema: TableSchema) -> pd.Series:
+    """Why each row cannot be scored as is: ``""`` for a valid row, else a reason naming the columns.
+
+    Numeric features must be finite; categorical features must not be null.
+    """
+    n = len(frame)
+    bad_columns: list[tuple[str, np.ndarray]] = []
+    for name in schema.numeric_columns:
+        values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            bad_columns.append((name, bad))
+    for name in schema.categorical_columns:
+        bad = frame[name].isna().to_numpy()
+        if bad.any():
+            bad_columns.append((name, bad))
+    reasons = np.full(n, "", dtype=object)
+    for name, bad in bad_columns:
+        sep = np.where(reasons[bad] == "", "", ", ")
+        reasons[bad] = reasons[bad] + sep + name
+    has = reasons != ""
+    reasons[has] = "missing or non-finite value in " + reasons[has].astype(str)
+    return pd.Series(reasons, index=frame.index, dtype=object)

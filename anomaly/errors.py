@@ -1,0 +1,42 @@
+"""Named errors. Each says what it got and what it expected, so a user can act on it."""
+
+from __future__ import annotations
+
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
+
+class AnomalyError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class NotFittedError(AnomalyError, _SklearnNotFittedError):
+    """A fitted-only method was called before ``fit``.
+
+    Also an ``sklearn.exceptions.NotFittedError`` so scikit-learn tooling recognises it.
+    """
+
+
+class SchemaError(AnomalyError, ValueError):
+    """A table does not match the schema the model was fitted on."""
+
+    def __init__(self, message: str, *, column: str | None = None, source: str | None = None):
+        self.column = column
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{message}")
+
+
+class CalibrationError(AnomalyError, ValueError):
+    """The calibration set cannot support the requested threshold."""
+
+
+class InvalidRowsError(AnomalyError, ValueError):
+    """Rows with NaN/inf features reached a path that cannot reject them."""
+
+
+class DataFileError(AnomalyError, OSError):
+    """An input file is missing, unreadable or not what its name says."""
+
+
+class ModelFileError(AnomalyError, OSError):
+    """A saved model is missing files, truncated, tampered with or of an unknown format."""

@@ -1,0 +1,97 @@
+"""Fully connected autoencoders for tabular rows (and flattened windows or images)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from anomaly.models.outputs import Reconstruction
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU}
+
+
+def default_dense_layout(n_features: int) -> tuple[tuple[int, ...], int]:
+    """Hidden layers and latent size chosen from the input width.
+
+    The latent keeps about a quarter of the input width (2 to 32 units): narrow enough that the
+    network cannot learn the identity, wide enough for correlated sensors. Two hidden layers
+    step down from the next power of two above twice the width (16 to 512 units).
+    """
+    latent = min(32, max(2, math.ceil(n_features / 4)))
+    first = min(512, max(16, 2 ** math.ceil(math.log2(2 * n_features))))
+    second = max(2 * latent, first // 2)
+    return (first, second), latent
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """Shape and variant of a dense autoencoder."""
+
+    n_features: int
+    hidden_layers: tuple[int, ...]
+    latent_dim: int
+    activation: str = "relu"
+    dropout: float = 0.0
+    # Batch norm helps deep stacks but makes scores depend on batch statistics in training; off by default.
+    batch_norm: bool = False
+    variational: bool = False
+    # "sigmoid" keeps reconstructions in [0, 1], which the BCE loss needs.
+    output_activation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
+        if self.latent_dim < 1 or any(h < 1 for h in self.hidden_layers):
+            raise ValueError(f"layer sizes must be positive, got {self.hidden_layers} -> {self.latent_dim}")
+        if self.output_activation not in (None, "sigmoid"):
+            raise ValueError(f"output_activation must be None or 'sigmoid', got {self.output_activation!r}")
+
+
+def _mlp(sizes: list[int], config: DenseConfig) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width_in, width_out in zip(sizes[:-1], sizes[1:]):
+        layers.append(nn.Linear(width_in, width_out))
+        if config.batch_norm:
+            layers.append(nn.BatchNorm1d(width_out))
+        layers.append(_ACTIVATIONS[config.activation]())
+        if config.dropout > 0:
+            layers.append(nn.Dropout(config.dropout))
+    return nn.Sequential(*layers)
+
+
+class DenseAutoencoder(nn.Module):
+    """Encoder MLP -> latent -> mirrored decoder MLP -> linear output.
+
+    With ``config.variational`` the encoder ends in two heads (mu, logvar) and training samples
+    the latent by reparameterisation; evaluation decodes mu so scores are deterministic.
+
+    Input and output shape: ``(n_samples, n_features)``.
+    """
+
+    def __init__(self, config: DenseConfig):
+        super().__init__()
+        self.config = config
+        widths = [config.n_features, *config.hidden_layers]
+        self.encoder = _mlp(widths, config)
+        self.to_latent = nn.Linear(widths[-1], config.latent_dim)
+        self.to_logvar = nn.Linear(widths[-1], config.latent_dim) if config.variational else None
+        self.decoder = _mlp([config.latent_dim, *reversed(config.hidden_layers)], config)
+        self.output = nn.Linear(config.hidden_layers[0] if config.hidden_layers else config.latent_dim, config.n_features)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.encoder(x)
+        return self.to_latent(h), (self.to_logvar(h) if self.to_logvar is not None else None)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.output(self.decoder(z))
+        return torch.sigmoid(out) if self.config.output_activation == "sigmoid" else out
+
+    def forward(self, x: torch.Tensor) -> Reconstruction:
+        mu, logvar = self.encode(x)
+        if logvar is None:
+            return Reconstruction(self.decode(mu), mu)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        return Reconstruction(self.decode(z), mu, mu, logvar)

@@ -1,0 +1,176 @@
+"""Safe save/load of detectors: JSON config, safetensors weights, skops preprocessor; no pickle.
+
+A saved detector is a directory::
+
+    detector.json           hyperparameters, schema, network config, threshold, fit info
+    weights.safetensors     the network's state_dict
+    calibration.safetensors sorted calibration scores (for p-values)
+    preprocessor.skops      fitted scikit-learn ColumnTransformer (allowlisted types only)
+    preprocessor.json       imputation medians and scaler name
+    manifest.json           SHA-256 of every file above, checked on load
+
+It is written to a temporary sibling directory and renamed into place, so a crash never
+leaves a half-written model where a reader would find it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file as load_torch
+from safetensors.torch import save_file as save_torch
+
+from anomaly.data.schema import TableSchema
+from anomaly.errors import ModelFileError
+from anomaly.models import Objective
+from anomaly.preprocessing import TabularPreprocessor
+from anomaly.thresholds import QuantileThreshold
+from anomaly.training import TrainingHistory, resolve_device
+
+if TYPE_CHECKING:
+    from anomaly.detectors import AutoencoderDetector
+
+FORMAT = "anomaly-detector"
+FORMAT_VERSION = 1
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def save_detector(detector: AutoencoderDetector, path: str | os.PathLike[str]) -> Path:
+    """Write ``detector`` to directory ``path`` atomically, replacing what was there."""
+    from anomaly import __version__
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir()
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in detector.module_.state_dict().items()}
+        save_torch(state, str(tmp / "weights.safetensors"))
+        save_numpy({"scores": detector.thresholder_.calibration_scores_}, str(tmp / "calibration.safetensors"))
+        detector.preprocessor_.save(tmp)
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "anomaly_version": __version__,
+            "class": type(detector).__name__,
+            "params": _jsonable(detector.get_params()),
+            "schema": detector.schema_.to_dict(),
+            "module_config": _jsonable(detector.module_config_),
+            "objective": asdict(detector.objective_),
+            "threshold": detector.thresholder_.to_dict(),
+            "fit_info": detector.fit_info_,
+            "history": _jsonable(asdict(detector.history_)),
+        }
+        (tmp / "detector.json").write_text(json.dumps(config, indent=2))
+        manifest = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        # A directory cannot be renamed over a non-empty one: move the old one aside first.
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _verify(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        raise ModelFileError(f"{directory}: not a saved detector directory")
+    manifest_path = directory / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{manifest_path}: missing or unreadable manifest ({exc})") from exc
+    for name, expected in manifest.items():
+        file = directory / name
+        if not file.is_file():
+            raise ModelFileError(f"{file}: listed in the manifest but missing")
+        if _sha256(file) != expected:
+            raise ModelFileError(f"{file}: checksum does not match the manifest (truncated or modified)")
+    try:
+        config = json.loads((directory / "detector.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{directory / 'detector.json'}: unreadable ({exc})") from exc
+    if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{directory}: expected format {FORMAT} v{FORMAT_VERSION}, "
+            f"found {config.get('format')} v{config.get('format_version')}"
+        )
+    return config
+
+
+def load_detector(path: str | os.PathLike[str], device: str = "auto") -> AutoencoderDetector:
+    """Load a detector written by :func:`save_detector`, checking every file's checksum first."""
+    from anomaly.detectors import AutoencoderDetector, module_from_config
+
+    directory = Path(path)
+    config = _verify(directory)
+    params = dict(config["params"])
+    params["device"] = device
+    detector = AutoencoderDetector(**params)
+    schema = TableSchema.from_dict(config["schema"])
+    try:
+        module = module_from_config(params["model"], config["module_config"])
+        module.load_state_dict(load_torch(str(directory / "weights.safetensors")))
+        calibration = load_numpy(str(directory / "calibration.safetensors"))["scores"]
+    except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{directory}: weights do not match the saved configuration ({exc})") from exc
+    threshold = QuantileThreshold(config["threshold"]["q"]).fit(calibration)
+    if threshold.threshold_ != config["threshold"]["threshold"]:
+        raise ModelFileError(f"{directory}: calibration scores do not reproduce the saved threshold")
+
+    detector.schema_ = schema
+    detector.preprocessor_ = TabularPreprocessor.load(directory, schema)
+    detector.device_ = resolve_device(device)
+    detector.module_ = module.to(detector.device_).eval()
+    detector.module_config_ = config["module_config"]
+    detector.objective_ = Objective(**config["objective"])
+    detector.thresholder_ = threshold
+    detector.threshold_ = threshold.threshold_
+    detector.fit_info_ = config["fit_info"]
+    history = config["history"]
+    detector.history_ = TrainingHistory(**{**history, "train_loss": tuple(history["train_loss"]),
+                                           "val_loss": tuple(history["val_loss"])})
+    detector.n_features_in_ = len(schema.features)
+    detector.feature_names_in_ = np.asarray(schema.feature_names, dtype=object)
+    return detector
+
+
+def torch_load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a plain ``torch.save`` state_dict safely (``weights_only=True``), for imported weights."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,144 @@
+"""Feature preprocessing with scikit-learn, fitted on normal rows only and saved without pickle."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import skops.io as sio
+from sklearn.compose import ColumnTransformer
+from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
+
+from anomaly.data.schema import TableSchema
+from anomaly.errors import ModelFileError, NotFittedError
+
+ScalerName = Literal["standard", "minmax"]
+
+# Types a saved preprocessor may contain. skops refuses anything else, so a tampered file
+# cannot smuggle in an arbitrary callable.
+_TRUSTED_TYPES = frozenset(
+    {
+        "sklearn.compose._column_transformer.ColumnTransformer",
+        "sklearn.preprocessing._data.StandardScaler",
+        "sklearn.preprocessing._data.MinMaxScaler",
+        "sklearn.preprocessing._encoders.OneHotEncoder",
+        "sklearn.utils._bunch.Bunch",
+        "numpy.float32",
+        "numpy.float64",
+        "numpy.dtype",
+        "builtins.slice",
+    }
+)
+
+MISSING_CATEGORY = "__missing__"
+
+
+class TabularPreprocessor:
+    """Scale numeric features and one-hot encode categorical ones.
+
+    Parameters
+    ----------
+    schema : TableSchema
+        Which columns are numeric and which categorical.
+    scaler : {"standard", "minmax"}
+        ``"minmax"`` maps training data to [0, 1], which the BCE loss needs.
+    """
+
+    def __init__(self, schema: TableSchema, scaler: ScalerName = "standard"):
+        self.schema = schema
+        self.scaler = scaler
+
+    def fit(self, frame: pd.DataFrame) -> TabularPreprocessor:
+        """Fit on normal rows whose features are all finite."""
+        numeric = self.schema.numeric_columns
+        categorical = self.schema.categorical_columns
+        scaler = StandardScaler() if self.scaler == "standard" else MinMaxScaler()
+        encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float32)
+        self.transformer_ = ColumnTransformer(
+            [("numeric", scaler, numeric), ("categorical", encoder, categorical)],
+            remainder="drop",
+            verbose_feature_names_out=False,
+        )
+        self.transformer_.fit(self._prepare(frame))
+        self.medians_ = {c: float(np.median(frame[c].to_numpy(dtype=np.float64))) for c in numeric}
+        self._set_output_layout()
+        return self
+
+    def _set_output_layout(self) -> None:
+        # Which input column each encoded column came from, so errors on one-hot columns can be
+        # summed back to the categorical column a user knows.
+        names = list(self.schema.numeric_columns)
+        sources = list(range(len(names)))
+        if self.schema.categorical_columns:
+            encoder = self.transformer_.named_transformers_["categorical"]
+            offset = len(names)
+            for j, (column, cats) in enumerate(zip(self.schema.categorical_columns, encoder.categories_)):
+                names += [f"{column}={c}" for c in cats]
+                sources += [offset + j] * len(cats)
+        self.output_names_ = names
+        self.output_sources_ = np.asarray(sources, dtype=np.int64)
+        self.input_names_ = self.schema.numeric_columns + self.schema.categorical_columns
+
+    def _prepare(self, frame: pd.DataFrame, impute: bool = False) -> pd.DataFrame:
+        data = {}
+        for column in self.schema.numeric_columns:
+            values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
+            if impute:
+                values = np.where(np.isfinite(values), values, self.medians_[column])
+            data[column] = values
+        for column in self.schema.categorical_columns:
+            values = frame[column].astype(object)
+            data[column] = values.where(values.notna(), MISSING_CATEGORY).astype(str).to_numpy()
+        return pd.DataFrame(data, index=frame.index)
+
+    def transform(self, frame: pd.DataFrame, impute: bool = False) -> np.ndarray:
+        """Encode ``frame`` to a float32 array ``(n_samples, n_encoded)``.
+
+        With ``impute``, non-finite numeric values become the fit median and null categories an
+        unknown category (all zeros).
+        """
+        if not hasattr(self, "transformer_"):
+            raise NotFittedError("TabularPreprocessor is not fitted; call fit first")
+        out = self.transformer_.transform(self._prepare(frame, impute=impute))
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.output_names_)
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``preprocessor.skops`` (scikit-learn objects, no pickle) and the medians to JSON."""
+        import json
+
+        directory = Path(directory)
+        sio.dump(self.transformer_, directory / "preprocessor.skops")
+        (directory / "preprocessor.json").write_text(
+            json.dumps({"scaler": self.scaler, "medians": self.medians_}, indent=2)
+        )
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], schema: TableSchema) -> TabularPreprocessor:
+        """Load what :meth:`save` wrote, refusing any type outside a fixed allowlist."""
+        import json
+
+        directory = Path(directory)
+        path = directory / "preprocessor.skops"
+        try:
+            untrusted = set(sio.get_untrusted_types(file=path))
+            unexpected = untrusted - _TRUSTED_TYPES
+            if unexpected:
+                raise ModelFileError(f"{path}: contains types outside the allowlist: {sorted(unexpected)}")
+            transformer = sio.load(path, trusted=sorted(untrusted))
+            meta = json.loads((directory / "preprocessor.json").read_text())
+        except ModelFileError:
+            raise
+        except Exception as exc:
+            raise ModelFileError(f"{path}: cannot load preprocessor ({exc})") from exc
+        obj = cls(schema, scaler=meta["scaler"])
+        obj.transformer_ = transformer
+        obj.medians_ = {k: float(v) for k, v in meta["medians"].items()}
+        obj._set_output_layout()
+        return obj

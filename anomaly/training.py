@@ -1,0 +1,253 @@
+"""The one training loop: device, mixed precision, batching, early stopping, progress.
+
+Model families supply a module and an objective ``(module, batch, training) -> scalar loss``;
+everything else about training lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ObjectiveFn = Callable[[nn.Module, torch.Tensor, bool], torch.Tensor]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device != "auto":
+        resolved = torch.device(device)
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+        return resolved
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_for(device: torch.device, mixed_precision: bool | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when mixed precision is on (``"auto"`` means: on CUDA only)."""
+    enabled = device.type == "cuda" and mixed_precision in (True, "auto")
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation settings shared by every model family."""
+
+    epochs: int = 100
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    # Epochs without a validation improvement of at least min_delta (relative) before stopping.
+    patience: int = 10
+    min_delta: float = 1e-4
+    device: str = "auto"
+    mixed_precision: bool | str = "auto"
+    seed: int = 0
+    # None: a progress bar only when stderr is a terminal.
+    progress: bool | None = None
+
+
+@dataclass(frozen=True)
+class TrainingHistory:
+    """Per-epoch losses and what the loop decided."""
+
+    train_loss: tuple[float, ...]
+    val_loss: tuple[float, ...]
+    best_epoch: int
+    stopped_early: bool
+    seconds: float
+    samples_per_second: float
+    device: str
+
+
+def to_device_tensor(X: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Copy a host array to ``device`` once; pinned and non-blocking on CUDA."""
+    tensor = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _batches(n: int, batch_size: int, device: torch.device, shuffle: bool) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, device=device) if shuffle else torch.arange(n, device=device)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def _progress(enabled: bool | None) -> Progress:
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return Progress(
+        TextColumn("[bold]training"),
+        BarColumn(),
+        TextColumn("epoch {task.completed}/{task.total} {task.fields[losses]}"),
+        TimeElapsedColumn(),
+        disable=not show,
+        transient=False,
+    )
+
+
+def train_autoencoder(
+    module: nn.Module,
+    objective: ObjectiveFn,
+    X_train: np.ndarray,
+    X_val: np.ndarray | None,
+    config: TrainingConfig,
+) -> TrainingHistory:
+    """Train ``module`` in place and leave it at its best validation epoch, in eval mode.
+
+    Data is copied to the device once and batched by index, so no per-sample Python work
+    happens in the loop. Early stopping watches the validation loss (the training loss when
+    there is no validation set).
+
+    Parameters
+    ----------
+    X_train, X_val : ndarray
+        ``(n_samples, ...)`` float arrays, already preprocessed.
+    """
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    module.to(device)
+    train = to_device_tensor(X_train, device)
+    val = to_device_tensor(X_val, device) if X_val is not None and len(X_val) else None
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    # A final batch of one row breaks batch norm and gives a noisy step; it is skipped (the rows
+    # are reshuffled every epoch, so no row is left out for good).
+    batch_size = min(config.batch_size, len(train))
+
+    train_losses: list[float] = []
+    val_losses: list[float] = []
+    best, best_epoch, best_state, waited = math.inf, 0, copy.deepcopy(module.state_dict()), 0
+    stopped_early = False
+    started = time.perf_counter()
+    seen = 0
+    with _progress(config.progress) as progress:
+        task = progress.add_task("train", total=config.epochs, losses="")
+        for epoch in range(1, config.epochs + 1):
+            module.train()
+            total, count = torch.zeros((), device=device), 0
+            for idx in _batches(len(train), batch_size, device, shuffle=True):
+                if len(idx) < 2 and count:
+                    continue
+                batch = train[idx]
+                with autocast_for(device, config.mixed_precision):
+                    loss = objective(module, batch, True)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach() * len(idx)
+                count += len(idx)
+            seen += count
+            train_losses.append(float(total) / max(count, 1))
+            watched = train_losses[-1]
+            if val is not None:
+                val_losses.append(evaluate_loss(module, objective, val, batch_size, device, config.mixed_precision))
+                watched = val_losses[-1]
+            if not math.isfinite(watched):
+                raise FloatingPointError(
+                    f"loss became {watched} at epoch {epoch}; lower learning_rate or check the input scaling"
+                )
+            if watched < best - config.min_delta * abs(best if math.isfinite(best) else watched):
+                best, best_epoch, waited = watched, epoch, 0
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                waited += 1
+            shown = f"train {train_losses[-1]:.4g}" + (f" val {val_losses[-1]:.4g}" if val_losses else "")
+            progress.update(task, advance=1, losses=shown)
+            logger.debug("epoch %d: %s", epoch, shown)
+            if waited >= config.patience:
+                stopped_early = True
+                break
+    module.load_state_dict(best_state)
+    module.eval()
+    seconds = time.perf_counter() - started
+    logger.info(
+        "trained %d epochs on %s in %.1fs (best epoch %d, %s)",
+        len(train_losses), device, seconds, best_epoch, "stopped early" if stopped_early else "ran all epochs",
+    )
+    return TrainingHistory(
+        train_loss=tuple(train_losses),
+        val_loss=tuple(val_losses),
+        best_epoch=best_epoch,
+        stopped_early=stopped_early,
+        seconds=seconds,
+        samples_per_second=seen / seconds if seconds > 0 else float("nan"),
+        device=str(device),
+    )
+
+
+@torch.no_grad()
+def evaluate_loss(
+    module: nn.Module,
+    objective: ObjectiveFn,
+    data: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    mixed_precision: bool | str = "auto",
+) -> float:
+    """Mean objective over ``data`` in eval mode, without noise or gradients."""
+    module.eval()
+    total, count = 0.0, 0
+    for idx in _batches(len(data), batch_size, device, shuffle=False):
+        with autocast_for(device, mixed_precision):
+            total += float(objective(module, data[idx], False)) * len(idx)
+        count += len(idx)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def infer_in_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    module: nn.Module,
+    X: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    mixed_precision: bool | str = "auto",
+) -> np.ndarray:
+    """Apply ``fn`` (a function of a device batch) to ``X`` in eval mode and return a host array.
+
+    Batches are copied to the device as they are needed, so ``X`` may be larger than device memory.
+    """
+    module.eval()
+    if len(X) == 0:
+        dummy = torch.zeros((1, *X.shape[1:]), dtype=torch.float32, device=device)
+        with autocast_for(device, mixed_precision):
+            shape = fn(dummy).shape[1:]
+        return np.zeros((0, *shape), dtype=np.float32)
+    host = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    outputs = []
+    for start in range(0, len(X), batch_size):
+        chunk = host[start : start + batch_size]
+        if device.type == "cuda":
+            chunk = chunk.pin_memory().to(device, non_blocking=True)
+        else:
+            chunk = chunk.to(device)
+        with autocast_for(device, mixed_precision):
+            outputs.append(fn(chunk).float().cpu())
+    return torch.cat(outputs).numpy()
