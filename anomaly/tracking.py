@@ -1,0 +1,285 @@
+"""MLflow tracking and registry: the only module that reads ``mlflow.yaml`` and calls mlflow."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel, ConfigDict
+
+from anomaly import plots
+from anomaly.errors import ModelFileError
+
+if TYPE_CHECKING:
+    from anomaly.detectors import AutoencoderDetector
+    from anomaly.scoring import ScoredBatch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = Path("mlflow.yaml")
+_PYFUNC_ENTRY = Path(__file__).with_name("mlflow_model.py")
+_CALIBRATION_LEVELS = (0.5, 0.9, 0.95, 0.99, 0.999)
+
+
+class TrackingConfig(BaseModel):
+    """Contents of ``mlflow.yaml``. ``MLFLOW_TRACKING_URI`` in the environment overrides ``tracking_uri``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_location: str | None = "mlartifacts"
+    experiment_name: str = "anomaly"
+    registered_model_name: str = "anomaly-detector"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None) -> TrackingConfig:
+        """Read ``path`` (default ``./mlflow.yaml`` if present, else built-in defaults)."""
+        file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+        data: dict[str, Any] = {}
+        if file.is_file():
+            data = yaml.safe_load(file.read_text()) or {}
+        elif path is not None:
+            raise FileNotFoundError(f"{file}: tracking config not found")
+        config = cls(**data)
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            config = config.model_copy(update={"tracking_uri": os.environ["MLFLOW_TRACKING_URI"]})
+        return config
+
+
+def configure(config: TrackingConfig) -> str:
+    """Point mlflow at the configured store and experiment; return the experiment id."""
+    mlflow.set_tracking_uri(config.tracking_uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        location = None
+        if config.artifact_location and "://" not in config.artifact_location:
+            location = Path(config.artifact_location).resolve().as_uri()
+        elif config.artifact_location:
+            location = config.artifact_location
+        experiment_id = client.create_experiment(config.experiment_name, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """Where a trained detector ended up."""
+
+    run_id: str
+    name: str
+    version: str
+    model_uri: str
+    tracking_uri: str
+
+
+def _log_figure(fig: Any, name: str) -> None:
+    mlflow.log_figure(fig, name)
+    plt.close(fig)
+
+
+def _flat_params(detector: AutoencoderDetector) -> dict[str, str]:
+    return {k: ("" if v is None else str(list(v) if isinstance(v, tuple) else v)) for k, v in detector.get_params().items()}
+
+
+def log_training_run(
+    detector: AutoencoderDetector,
+    training_frame: pd.DataFrame,
+    data_source: str,
+    config: TrackingConfig,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> RegisteredModel:
+    """Log a fitted detector's run and register it as a new model version.
+
+    Logs every hyperparameter, the data split, per-epoch losses, the threshold and calibration
+    error quantiles, the training data as a dataset input, review plots, and the model as a
+    pyfunc (preprocessor + network + threshold) with signature and input example.
+    """
+    detector._check_fitted()
+    configure(config)
+    thr = detector.thresholder_
+    history = detector.history_
+    with mlflow.start_run(run_name=run_name, tags={"anomaly.run_type": "training", **(tags or {})}) as run:
+        mlflow.log_params(_flat_params(detector))
+        mlflow.log_params({f"data.{k}": v for k, v in detector.fit_info_.items()} | {"data.source": data_source})
+        mlflow.log_params({"features": ",".join(detector.schema_.feature_names)[:6000], "device_used": history.device})
+
+        client = MlflowClient()
+        epochs = [
+            mlflow.entities.Metric(name, float(value), 0, step)
+            for name, values in (("train_loss", history.train_loss), ("val_loss", history.val_loss))
+            for step, value in enumerate(values, start=1)
+        ]
+        for start in range(0, len(epochs), 1000):
+            client.log_batch(run.info.run_id, metrics=epochs[start : start + 1000])
+        quantiles = thr.quantiles(_CALIBRATION_LEVELS)
+        mlflow.log_metrics(
+            {
+                "threshold": detector.threshold_,
+                "quantile": thr.q,
+                "calibration_size": len(thr.calibration_scores_),
+                "best_epoch": history.best_epoch,
+                "epochs_run": len(history.train_loss),
+                "train_seconds": history.seconds,
+                "train_samples_per_second": history.samples_per_second,
+                **({"best_val_loss": min(history.val_loss)} if history.val_loss else {}),
+                **{f"calibration_error_p{lv * 100:g}".replace(".", "_"): v for lv, v in quantiles.items()},
+            }
+        )
+        mlflow.log_input(
+            mlflow.data.from_pandas(training_frame, source=data_source, name=Path(data_source).name or "training"),
+            context="training",
+        )
+
+        _log_figure(
+            plots.score_histogram(thr.calibration_scores_, detector.threshold_, thr.q), "plots/calibration_histogram.png"
+        )
+        _log_figure(plots.loss_curves(history.train_loss, history.val_loss, history.best_epoch), "plots/loss_curves.png")
+        sample = training_frame.sample(n=min(len(training_frame), 2000), random_state=0)
+        clean = sample[detector.schema_.feature_names].replace([np.inf, -np.inf], np.nan).dropna()
+        per_feature = detector.feature_errors(clean).mean(axis=0)
+        _log_figure(plots.feature_error_bars(list(per_feature.index), per_feature.to_numpy()), "plots/feature_errors.png")
+        mlflow.log_dict(per_feature.to_dict(), "feature_errors.json")
+
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = Path(tmp) / "detector"
+            detector.save(saved)
+            example = clean[detector.schema_.feature_names].head(5).reset_index(drop=True)
+            from anomaly.scoring import score_rows
+
+            signature = infer_signature(example, score_rows(detector, example).reset_index(drop=True))
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(_PYFUNC_ENTRY),
+                artifacts={"detector": str(saved)},
+                code_paths=[str(Path(__file__).parent)],
+                signature=signature,
+                input_example=example,
+                registered_model_name=config.registered_model_name,
+                pip_requirements=_requirements(),
+            )
+        version = str(info.registered_model_version)
+        for key, value in {
+            "threshold": f"{detector.threshold_:.6g}",
+            "quantile": str(thr.q),
+            "calibration_size": str(len(thr.calibration_scores_)),
+            "data_source": data_source,
+            "run_id": run.info.run_id,
+        }.items():
+            client.set_model_version_tag(config.registered_model_name, version, key, value)
+    model_uri = f"models:/{config.registered_model_name}/{version}"
+    logger.info("registered %s (run %s)", model_uri, run.info.run_id)
+    return RegisteredModel(run.info.run_id, config.registered_model_name, version, model_uri, mlflow.get_tracking_uri())
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for package in ("torch", "numpy", "pandas", "pyarrow", "scikit-learn", "skops", "safetensors", "mlflow"):
+        try:
+            out.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            out.append(package)
+    return out
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A detector fetched from the registry, with the name and version to stamp on outputs."""
+
+    detector: AutoencoderDetector
+    name: str
+    version: str
+    model_uri: str
+
+
+def resolve_model_version(model_uri: str, config: TrackingConfig) -> tuple[str, str]:
+    """``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or ``models:/NAME/latest`` -> (name, version)."""
+    configure(config)
+    if not model_uri.startswith("models:/"):
+        raise ValueError(f"expected a models:/ URI, got {model_uri!r}")
+    client = MlflowClient()
+    ref = model_uri[len("models:/") :]
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = ref.partition("/")
+    if version in ("", "latest"):
+        versions = client.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise ModelFileError(f"{model_uri}: no registered versions of model '{name}'")
+        return name, str(max(int(v.version) for v in versions))
+    return name, version
+
+
+def load_registered_detector(model_uri: str, config: TrackingConfig, device: str = "auto") -> LoadedModel:
+    """Download a registered model's detector files and load them safely (no pyfunc code is run)."""
+    from anomaly.detectors import AutoencoderDetector
+
+    name, version = resolve_model_version(model_uri, config)
+    exact = f"models:/{name}/{version}"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=exact))
+    detector_dir = local / "artifacts" / "detector"
+    if not detector_dir.is_dir():
+        raise ModelFileError(f"{exact}: no detector files in the model artifact (expected artifacts/detector)")
+    return LoadedModel(AutoencoderDetector.load(detector_dir, device=device), name, version, exact)
+
+
+def log_scoring_run(
+    batch: ScoredBatch,
+    model: LoadedModel,
+    input_path: str,
+    output_path: str,
+    rejects_path: str | None,
+    config: TrackingConfig,
+    run_name: str | None = None,
+) -> str:
+    """Log one scored batch: counts, anomaly rate, score quantiles and a score histogram."""
+    configure(config)
+    with mlflow.start_run(run_name=run_name, tags={"anomaly.run_type": "scoring"}) as run:
+        mlflow.log_params(
+            {"model_uri": model.model_uri, "model_name": model.name, "model_version": model.version,
+             "input": input_path, "output": output_path, "rejects": rejects_path or ""}
+        )
+        scores = batch.scored["anomaly_score"].to_numpy()
+        metrics = {
+            "rows_in": batch.n_rows,
+            "rows_scored": batch.n_scored,
+            "rows_rejected": batch.n_rejected,
+            "rows_flagged": batch.n_flagged,
+            "anomaly_rate": batch.anomaly_rate,
+            "threshold": model.detector.threshold_,
+        }
+        if len(scores):
+            metrics |= {f"score_p{lv * 100:g}".replace(".", "_"): float(np.quantile(scores, lv)) for lv in _CALIBRATION_LEVELS}
+        mlflow.log_metrics(metrics)
+        thr = model.detector.thresholder_
+        _log_figure(
+            plots.score_histogram(thr.calibration_scores_, thr.threshold_, thr.q, scores, title="Batch scores vs calibration"),
+            "plots/batch_score_histogram.png",
+        )
+        return run.info.run_id
+
+
+def describe(model: RegisteredModel) -> dict[str, Any]:
+    return asdict(model)
+
+
+def ui_command(config: TrackingConfig) -> str:
+    """The shell command that opens the MLflow UI on this store."""
+    return f"mlflow ui --backend-store-uri {config.tracking_uri}"
