@@ -12,6 +12,7 @@ from anomaly.errors import (
     DataFileError,
     InvalidRowsError,
     ModelFileError,
+    ModelNotFoundError,
     NotFittedError,
     SchemaError,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "DataFileError",
     "InvalidRowsError",
     "ModelFileError",
+    "ModelNotFoundError",
     "NotFittedError",
     "QuantileThreshold",
     "SchemaError",

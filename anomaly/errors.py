@@ -40,3 +40,7 @@ class DataFileError(AnomalyError, OSError):
 
 class ModelFileError(AnomalyError, OSError):
     """A saved model is missing files, truncated, tampered with or of an unknown format."""
+
+
+class ModelNotFoundError(AnomalyError, LookupError):
+    """A model URI names no registered model, version or alias."""

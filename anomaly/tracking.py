@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,12 +15,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
 from anomaly import plots
-from anomaly.errors import ModelFileError
+from anomaly.errors import ModelFileError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from anomaly.detectors import AutoencoderDetector
@@ -140,10 +142,12 @@ def log_training_run(
                 **{f"calibration_error_p{lv * 100:g}".replace(".", "_"): v for lv, v in quantiles.items()},
             }
         )
-        mlflow.log_input(
-            mlflow.data.from_pandas(training_frame, source=data_source, name=Path(data_source).name or "training"),
-            context="training",
-        )
+        with warnings.catch_warnings():
+            # mlflow hints that integer columns cannot hold NaN and that a local path could be
+            # several source types; neither applies to a dataset record of the training file.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(training_frame, source=data_source, name=Path(data_source).name or "training")
+        mlflow.log_input(dataset, context="training")
 
         _log_figure(
             plots.score_histogram(thr.calibration_scores_, detector.threshold_, thr.q), "plots/calibration_histogram.png"
@@ -215,16 +219,19 @@ def resolve_model_version(model_uri: str, config: TrackingConfig) -> tuple[str, 
         raise ValueError(f"expected a models:/ URI, got {model_uri!r}")
     client = MlflowClient()
     ref = model_uri[len("models:/") :]
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        return name, str(client.get_model_version_by_alias(name, alias).version)
-    name, _, version = ref.partition("/")
-    if version in ("", "latest"):
-        versions = client.search_model_versions(f"name='{name}'")
-        if not versions:
-            raise ModelFileError(f"{model_uri}: no registered versions of model '{name}'")
-        return name, str(max(int(v.version) for v in versions))
-    return name, version
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return name, str(client.get_model_version_by_alias(name, alias).version)
+        name, _, version = ref.partition("/")
+        if version in ("", "latest"):
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise ModelNotFoundError(f"{model_uri}: no registered versions of model '{name}' in {config.tracking_uri}")
+            return name, str(max(int(v.version) for v in versions))
+        return name, str(client.get_model_version(name, version).version)
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"{model_uri}: not found in {config.tracking_uri} ({exc.message})") from exc
 
 
 def load_registered_detector(model_uri: str, config: TrackingConfig, device: str = "auto") -> LoadedModel:

@@ -1,0 +1,137 @@
+"""Command line: ``anomaly train`` and ``anomaly score``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from anomaly.errors import AnomalyError
+
+app = typer.Typer(help="Train autoencoder anomaly detectors on normal data and score new batches.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _split(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
+    for noisy in ("mlflow", "alembic", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _table(title: str, rows: dict[str, object]) -> Table:
+    table = Table(title=title, show_header=False)
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    return table
+
+
+TrackingOpt = Annotated[Optional[Path], typer.Option("--tracking-config", help="mlflow.yaml to use (default ./mlflow.yaml)")]
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Argument(help="Normal data: a Parquet file, a directory or a glob")],
+    config: Annotated[Optional[Path], typer.Option(help="YAML of TrainSettings (detector hyperparameters, quantile, splits)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Network family: dense")] = None,
+    features: Annotated[Optional[str], typer.Option(help="Comma-separated feature columns (default: all numeric non-key columns)")] = None,
+    categorical: Annotated[Optional[str], typer.Option(help="Comma-separated categorical columns to one-hot encode")] = None,
+    keys: Annotated[Optional[str], typer.Option(help="Comma-separated key columns passed through to outputs")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum training epochs")] = None,
+    quantile: Annotated[Optional[float], typer.Option(help="Threshold quantile of calibration errors")] = None,
+    nan_policy: Annotated[Optional[str], typer.Option(help="reject or impute rows with NaN/inf features")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name")] = None,
+    tracking_config: TrackingOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Fit a detector on normal data, calibrate its threshold, log it to MLflow and register a version."""
+    from anomaly.config import TrainSettings
+    from anomaly.pipeline import train as run_train
+    from anomaly.tracking import TrackingConfig
+
+    _setup_logging(verbose)
+    try:
+        settings = TrainSettings.from_yaml(config) if config else TrainSettings()
+        overrides = {
+            "model": model, "feature_columns": _split(features), "categorical_columns": _split(categorical),
+            "key_columns": _split(keys), "epochs": epochs, "nan_policy": nan_policy, "device": device,
+        }
+        detector = settings.detector.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+        settings = settings.model_copy(update={"detector": detector, **({"quantile": quantile} if quantile else {})})
+        settings = TrainSettings.model_validate(settings.model_dump())
+        tracking = TrackingConfig.load(tracking_config)
+        result = run_train(data, settings, tracking, run_name=run_name)
+    except (AnomalyError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    Console().print(
+        _table(
+            "Trained",
+            {
+                "model": f"{result.model.name} version {result.model.version}",
+                "model uri": result.model.model_uri,
+                "threshold": f"{result.threshold:.6g} (q={settings.quantile})",
+                "training rows": result.n_rows,
+                "calibration rows": result.n_calibration,
+                "epochs run": result.epochs_run,
+                "MLflow run": result.model.run_id,
+            },
+        )
+    )
+
+
+@app.command()
+def score(
+    data: Annotated[str, typer.Argument(help="Rows to score: a Parquet file, a directory or a glob")],
+    output: Annotated[Path, typer.Option(help="Scored Parquet file to write")],
+    model_uri: Annotated[str, typer.Option(help="models:/NAME/VERSION, models:/NAME@ALIAS or models:/NAME/latest")] = "",
+    rejects: Annotated[Optional[Path], typer.Option(help="Rejected rows (default: OUTPUT.rejects.parquet)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
+    tracking_config: TrackingOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Score new rows with a registered model; write scored and rejected rows; log the batch to MLflow."""
+    from anomaly.pipeline import score as run_score
+    from anomaly.tracking import TrackingConfig
+
+    _setup_logging(verbose)
+    try:
+        tracking = TrackingConfig.load(tracking_config)
+        uri = model_uri or f"models:/{tracking.registered_model_name}/latest"
+        result = run_score(data, uri, str(output), tracking, rejects=str(rejects) if rejects else None, device=device)
+    except (AnomalyError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    Console().print(
+        _table(
+            "Scored",
+            {
+                "model": f"{result.model_name} version {result.model_version}",
+                "threshold": f"{result.threshold:.6g}",
+                "rows in": result.rows_in,
+                "rows scored": result.rows_scored,
+                "rows rejected": result.rows_rejected,
+                "anomalies flagged": result.rows_flagged,
+                "output": result.output,
+                "rejects": result.rejects,
+            },
+        )
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,124 @@
+"""The train and score recipes as plain functions: what the CLI runs and the flows split into tasks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from anomaly.config import TrainSettings
+from anomaly.data.parquet import list_parquet_files, read_table, write_parquet_atomic
+from anomaly.detectors import AutoencoderDetector
+from anomaly.scoring import ScoredBatch, score_frame
+from anomaly.tracking import LoadedModel, RegisteredModel, TrackingConfig, load_registered_detector, log_scoring_run, log_training_run
+
+logger = logging.getLogger(__name__)
+
+
+def fit_detector(frame: pd.DataFrame, settings: TrainSettings) -> AutoencoderDetector:
+    """Build the detector the settings describe and fit it on ``frame`` (normal rows)."""
+    return settings.build_detector().fit(
+        frame,
+        quantile=settings.quantile,
+        validation_fraction=settings.validation_fraction,
+        calibration_fraction=settings.calibration_fraction,
+    )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: RegisteredModel
+    threshold: float
+    n_rows: int
+    n_calibration: int
+    epochs_run: int
+    best_val_loss: float | None
+
+
+def train(data: str, settings: TrainSettings, tracking: TrackingConfig, run_name: str | None = None) -> TrainResult:
+    """Read normal data, fit, calibrate, log to MLflow and register a new model version."""
+    frame = read_table(data)
+    detector = fit_detector(frame, settings)
+    registered = log_training_run(detector, frame, data, tracking, run_name=run_name)
+    history = detector.history_
+    return TrainResult(
+        model=registered,
+        threshold=detector.threshold_,
+        n_rows=len(frame),
+        n_calibration=detector.fit_info_["n_calibration"],
+        epochs_run=len(history.train_loss),
+        best_val_loss=min(history.val_loss) if history.val_loss else None,
+    )
+
+
+def score_files(model: LoadedModel, data: str) -> ScoredBatch:
+    """Score every Parquet file of ``data`` (file, directory or glob) file by file.
+
+    Rejected rows carry the file they came from; a schema problem names the file.
+    """
+    scored, rejected = [], []
+    for path in list_parquet_files(data):
+        batch = score_frame(model.detector, read_table(path), model.name, model.version, source=str(path))
+        scored.append(batch.scored)
+        rejected.append(batch.rejected)
+        logger.info("%s: %d scored, %d rejected, %d flagged", path, batch.n_scored, batch.n_rejected, batch.n_flagged)
+    return ScoredBatch(
+        scored=pd.concat(scored, ignore_index=True),
+        rejected=pd.concat(rejected, ignore_index=True) if any(len(r) for r in rejected) else rejected[0],
+    )
+
+
+def rejects_path_for(output: str | os.PathLike[str]) -> Path:
+    """Default rejects file beside the output: ``scores.parquet`` -> ``scores.rejects.parquet``."""
+    out = Path(output)
+    return out.with_name(f"{out.stem}.rejects.parquet")
+
+
+def write_outputs(batch: ScoredBatch, output: str | os.PathLike[str], rejects: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
+    """Write scored rows and rejected rows atomically; the rejects file is written even when empty."""
+    rejects_path = Path(rejects) if rejects is not None else rejects_path_for(output)
+    return write_parquet_atomic(batch.scored, output), write_parquet_atomic(batch.rejected, rejects_path)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    model_name: str
+    model_version: str
+    threshold: float
+    rows_in: int
+    rows_scored: int
+    rows_rejected: int
+    rows_flagged: int
+    output: str
+    rejects: str
+    run_id: str
+
+
+def score(
+    data: str,
+    model_uri: str,
+    output: str,
+    tracking: TrackingConfig,
+    rejects: str | None = None,
+    device: str = "auto",
+) -> ScoreResult:
+    """Score new data with a registered model, write outputs and log the scoring run."""
+    model = load_registered_detector(model_uri, tracking, device=device)
+    batch = score_files(model, data)
+    out, rej = write_outputs(batch, output, rejects)
+    run_id = log_scoring_run(batch, model, data, str(out), str(rej), tracking)
+    return ScoreResult(
+        model_name=model.name,
+        model_version=model.version,
+        threshold=model.detector.threshold_,
+        rows_in=batch.n_rows,
+        rows_scored=batch.n_scored,
+        rows_rejected=batch.n_rejected,
+        rows_flagged=batch.n_flagged,
+        output=str(out),
+        rejects=str(rej),
+        run_id=run_id,
+    )

@@ -1,0 +1,78 @@
+"""Scoring flow: score new Parquet data with a registered model, write scored and rejected rows, log the batch."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from anomaly.pipeline import ScoreResult, score_files, write_outputs
+from anomaly.scoring import ScoredBatch
+from anomaly.tracking import LoadedModel, TrackingConfig, load_registered_detector, log_scoring_run
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def load_model(model_uri: str, tracking: TrackingConfig, device: str) -> LoadedModel:
+    return load_registered_detector(model_uri, tracking, device=device)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def score_data(model: LoadedModel, data: str) -> ScoredBatch:
+    return score_files(model, data)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def write(batch: ScoredBatch, output: str, rejects: Optional[str]) -> tuple[str, str]:
+    out, rej = write_outputs(batch, output, rejects)
+    return str(out), str(rej)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def log_batch(batch: ScoredBatch, model: LoadedModel, data: str, output: str, rejects: str, tracking: TrackingConfig) -> str:
+    return log_scoring_run(batch, model, data, output, rejects, tracking)
+
+
+@flow(name="anomaly-score", log_prints=True)
+def score_flow(
+    data: str = "data/incoming",
+    model_uri: Optional[str] = None,
+    output: str = "outputs/scores.parquet",
+    rejects: Optional[str] = None,
+    tracking_config: Optional[str] = None,
+    device: str = "auto",
+) -> ScoreResult:
+    """Score every Parquet file under ``data`` with ``model_uri`` (default: latest registered version)."""
+    tracking = TrackingConfig.load(tracking_config)
+    model = load_model(model_uri or f"models:/{tracking.registered_model_name}/latest", tracking, device)
+    batch = score_data(model, data)
+    out, rej = write(batch, output, rejects)
+    run_id = log_batch(batch, model, data, out, rej, tracking)
+    result = ScoreResult(
+        model_name=model.name,
+        model_version=model.version,
+        threshold=model.detector.threshold_,
+        rows_in=batch.n_rows,
+        rows_scored=batch.n_scored,
+        rows_rejected=batch.n_rejected,
+        rows_flagged=batch.n_flagged,
+        output=out,
+        rejects=rej,
+        run_id=run_id,
+    )
+    create_table_artifact(
+        key="anomaly-score-summary",
+        table=[
+            {"item": "model", "value": f"{model.name} v{model.version}"},
+            {"item": "threshold", "value": f"{result.threshold:.6g}"},
+            {"item": "rows in", "value": result.rows_in},
+            {"item": "rows scored", "value": result.rows_scored},
+            {"item": "rows rejected", "value": result.rows_rejected},
+            {"item": "anomalies flagged", "value": f"{result.rows_flagged} ({batch.anomaly_rate:.1%})"},
+            {"item": "output", "value": out},
+            {"item": "rejects", "value": rej},
+        ],
+        description=f"Scoring of `{data}` with `{model.model_uri}`",
+    )
+    return result
