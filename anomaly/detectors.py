@@ -22,7 +22,14 @@ from anomaly.models.noise import NOISE_KINDS
 from anomaly.preprocessing import TabularPreprocessor
 from anomaly.scoring import REDUCTIONS, errors_by_source, reduce_errors
 from anomaly.thresholds import QuantileThreshold
-from anomaly.training import TrainingConfig, TrainingHistory, infer_in_batches, resolve_device, train_autoencoder
+from anomaly.training import (
+    TrainingConfig,
+    TrainingHistory,
+    infer_in_batches,
+    resolve_device,
+    seed_everything,
+    train_autoencoder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +136,8 @@ class AutoencoderDetector(BaseEstimator):
         scaler: str = "standard",
         reduction: str = "mean",
         epochs: int = 100,
-        batch_size: int = 256,
-        learning_rate: float = 1e-3,
+        batch_size: int = 64,
+        learning_rate: float = 2e-3,
         weight_decay: float = 0.0,
         patience: int = 10,
         feature_columns: Sequence[str] | None = None,
@@ -249,6 +256,7 @@ class AutoencoderDetector(BaseEstimator):
         preprocessor = TabularPreprocessor(schema, scaler=self.scaler).fit(clean_fit)  # type: ignore[arg-type]
 
         params = self.get_params()
+        seed_everything(self.random_state)  # weight initialisation is part of what the seed fixes
         module, module_config = build_module(self.model, preprocessor.n_outputs, params)
         objective = Objective(
             loss=self.loss,  # type: ignore[arg-type]
@@ -285,6 +293,12 @@ class AutoencoderDetector(BaseEstimator):
         cal_scores, _ = self._score_encoded(preprocessor.transform(frame.iloc[cal_rows], impute=impute))
         self.thresholder_ = QuantileThreshold(quantile).fit(cal_scores)
         self.threshold_ = self.thresholder_.threshold_
+        # Row labels of each part, so a caller can check calibration rows were never trained on.
+        self.split_index_ = {
+            "fit": frame.index[fit_rows],
+            "validation": frame.index[val_rows],
+            "calibration": frame.index[cal_rows],
+        }
         self.fit_info_ = {
             "n_rows": int(len(bad)),
             "n_rejected": int(bad.sum()) if not impute else 0,
@@ -359,10 +373,12 @@ class AutoencoderDetector(BaseEstimator):
 
     def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """``True`` where the score is above ``threshold_``; shape ``(n_samples,)``."""
+        self._check_fitted()
         return self.thresholder_.predict(self.score_samples(X))
 
     def p_values(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Conformal p-value per sample from the calibration scores; small means anomalous."""
+        self._check_fitted()
         return self.thresholder_.p_values(self.score_samples(X))
 
     def latent(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:

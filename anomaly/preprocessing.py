@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -111,8 +112,6 @@ class TabularPreprocessor:
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write ``preprocessor.skops`` (scikit-learn objects, no pickle) and the medians to JSON."""
-        import json
-
         directory = Path(directory)
         sio.dump(self.transformer_, directory / "preprocessor.skops")
         (directory / "preprocessor.json").write_text(
@@ -122,8 +121,6 @@ class TabularPreprocessor:
     @classmethod
     def load(cls, directory: str | os.PathLike[str], schema: TableSchema) -> TabularPreprocessor:
         """Load what :meth:`save` wrote, refusing any type outside a fixed allowlist."""
-        import json
-
         directory = Path(directory)
         path = directory / "preprocessor.skops"
         try:
@@ -137,6 +134,14 @@ class TabularPreprocessor:
             raise
         except Exception as exc:
             raise ModelFileError(f"{path}: cannot load preprocessor ({exc})") from exc
+        # skops trusts scikit-learn types by default; also insist on the exact structure we save.
+        parts = getattr(transformer, "transformers_", None) if isinstance(transformer, ColumnTransformer) else None
+        allowed = (StandardScaler, MinMaxScaler, OneHotEncoder)
+        if parts is None or not all(isinstance(t, allowed) or t == "drop" for _, t, _ in parts):
+            raise ModelFileError(
+                f"{path}: expected a fitted ColumnTransformer of scalers and a one-hot encoder, "
+                f"found {type(transformer).__name__}"
+            )
         obj = cls(schema, scaler=meta["scaler"])
         obj.transformer_ = transformer
         obj.medians_ = {k: float(v) for k, v in meta["medians"].items()}

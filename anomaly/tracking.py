@@ -147,7 +147,7 @@ def log_training_run(
             # several source types; neither applies to a dataset record of the training file.
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(training_frame, source=data_source, name=Path(data_source).name or "training")
-        mlflow.log_input(dataset, context="training")
+            mlflow.log_input(dataset, context="training")
 
         _log_figure(
             plots.score_histogram(thr.calibration_scores_, detector.threshold_, thr.q), "plots/calibration_histogram.png"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -11,6 +12,8 @@ import pandas as pd
 from pandas.api import types as ptypes
 
 from anomaly.errors import SchemaError
+
+logger = logging.getLogger(__name__)
 
 ColumnKind = Literal["numeric", "categorical"]
 
@@ -35,6 +38,13 @@ def _is_categorical_dtype(dtype: Any) -> bool:
 
 def _is_numeric_dtype(dtype: Any) -> bool:
     return bool(ptypes.is_numeric_dtype(dtype) and not ptypes.is_bool_dtype(dtype))
+
+
+def _looks_like_id(series: pd.Series) -> bool:
+    return bool(
+        ptypes.is_integer_dtype(series.dtype) and len(series) > 10
+        and series.is_monotonic_increasing and series.is_unique
+    )
 
 
 def as_frame(X: Any, n_columns_expected: int | None = None) -> pd.DataFrame:
@@ -104,6 +114,12 @@ class TableSchema:
                 )
         if feature_columns is None:
             chosen = [c for c in names if c not in keys and c not in categorical and _is_numeric_dtype(frame[c].dtype)]
+            for column in chosen:
+                if _looks_like_id(frame[column]):
+                    logger.warning(
+                        "column '%s' looks like an id (unique, increasing integers) but is used as a feature; "
+                        "pass it in key_columns if it is one", column,
+                    )
             chosen += [c for c in categorical if c not in chosen]
         else:
             chosen = [str(c) for c in feature_columns]

@@ -18,7 +18,11 @@ LOSSES: tuple[str, ...] = ("mse", "mae", "bce")
 def elementwise_error(x_hat: torch.Tensor, x: torch.Tensor, loss: LossName) -> torch.Tensor:
     """Per-element reconstruction error, same shape as ``x``; computed in float32.
 
-    ``bce`` expects ``x`` and ``x_hat`` in [0, 1] (min-max scaled data, sigmoid output).
+    ``bce`` expects ``x`` and ``x_hat`` in [0, 1] (min-max scaled data, sigmoid output). It is
+    returned minus the entropy of ``x`` (i.e. the Bernoulli KL divergence), so a perfect
+    reconstruction scores 0 whatever the value: plain BCE is large for mid-range values and would
+    rank rows by how grey they are rather than by how badly they are reconstructed. The
+    gradient is that of BCE.
     """
     x_hat, x = x_hat.float(), x.float()
     if loss == "mse":
@@ -27,7 +31,9 @@ def elementwise_error(x_hat: torch.Tensor, x: torch.Tensor, loss: LossName) -> t
         return (x_hat - x).abs()
     if loss == "bce":
         # Clamped so a value slightly outside [0, 1] at scoring time stays finite.
-        return F.binary_cross_entropy(x_hat.clamp(1e-6, 1 - 1e-6), x.clamp(0.0, 1.0), reduction="none")
+        target = x.clamp(0.0, 1.0)
+        bce = F.binary_cross_entropy(x_hat.clamp(1e-6, 1 - 1e-6), target, reduction="none")
+        return bce - F.binary_cross_entropy(target.clamp(1e-6, 1 - 1e-6), target, reduction="none")
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from anomaly.models import DenseAutoencoder, DenseConfig, default_dense_layout
+from anomaly.models.noise import NOISE_KINDS, corrupt
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"variational": True},
+        {"batch_norm": True, "dropout": 0.2},
+        {"activation": "gelu", "output_activation": "sigmoid"},
+        {"hidden_layers": ()},
+    ],
+    ids=["plain", "variational", "batchnorm-dropout", "gelu-sigmoid", "no-hidden"],
+)
+def test_output_shapes_for_every_variant(options):
+    config = DenseConfig(**{"n_features": 11, "hidden_layers": (32, 16), "latent_dim": 4, **options})
+    module = DenseAutoencoder(config)
+    x = torch.randn(7, 11)
+    for training in (True, False):
+        module.train(training)
+        out = module(x)
+        assert out.x_hat.shape == (7, 11)
+        assert out.z.shape == (7, 4)
+        if config.variational:
+            assert out.mu.shape == out.logvar.shape == (7, 4)
+        else:
+            assert out.mu is None and out.logvar is None
+
+
+def test_sigmoid_output_stays_in_unit_interval():
+    module = DenseAutoencoder(DenseConfig(5, (8,), 2, output_activation="sigmoid")).eval()
+    x_hat = module(torch.randn(50, 5) * 100).x_hat
+    assert x_hat.min() >= 0 and x_hat.max() <= 1
+
+
+def test_variational_eval_is_deterministic_and_training_samples():
+    module = DenseAutoencoder(DenseConfig(6, (8,), 3, variational=True))
+    x = torch.randn(4, 6)
+    module.eval()
+    assert torch.equal(module(x).x_hat, module(x).x_hat)
+    module.train()
+    assert not torch.equal(module(x).x_hat, module(x).x_hat)
+
+
+@pytest.mark.parametrize("width,hidden,latent", [(6, (16, 8), 2), (21, (64, 32), 6), (784, (512, 256), 32)])
+def test_default_layout_from_input_width(width, hidden, latent):
+    assert default_dense_layout(width) == (hidden, latent)
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="activation"):
+        DenseConfig(4, (8,), 2, activation="swishy")
+    with pytest.raises(ValueError, match="positive"):
+        DenseConfig(4, (8,), 0)
+
+
+@pytest.mark.parametrize("kind", NOISE_KINDS)
+def test_noise_changes_a_copy_only(kind):
+    torch.manual_seed(0)
+    x = torch.randn(200, 10)
+    before = x.clone()
+    noisy = corrupt(x, kind, 0.3)
+    assert torch.equal(x, before)
+    assert noisy.shape == x.shape
+    assert not torch.equal(noisy, x)
+
+
+def test_masking_zeroes_about_the_requested_share():
+    torch.manual_seed(0)
+    noisy = corrupt(torch.ones(1000, 10), "masking", 0.25)
+    assert abs((noisy == 0).float().mean().item() - 0.25) < 0.03
+
+
+def test_salt_pepper_uses_feature_extremes():
+    torch.manual_seed(0)
+    x = torch.rand(500, 3)
+    noisy = corrupt(x, "salt_pepper", 0.5)
+    changed = noisy != x
+    is_extreme = (noisy == x.amin(0)) | (noisy == x.amax(0))
+    assert changed.any() and is_extreme[changed].all()
+
+
+def test_share_outside_unit_interval_is_refused():
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        corrupt(torch.zeros(3, 3), "masking", 1.5)

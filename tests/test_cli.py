@@ -1,0 +1,47 @@
+"""The command line, end to end against a temporary MLflow store."""
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from anomaly.cli import app
+from anomaly.data.parquet import write_parquet_atomic
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, normal_table, incoming_table):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlflow.yaml").write_text(
+        "tracking_uri: sqlite:///cli.db\nartifact_location: artifacts\nexperiment_name: cli\nregistered_model_name: cli-model\n"
+    )
+    write_parquet_atomic(normal_table, tmp_path / "train.parquet")
+    write_parquet_atomic(incoming_table, tmp_path / "incoming" / "b1.parquet")
+    return tmp_path
+
+
+def test_train_and_score_commands(workdir, incoming_table):
+    trained = runner.invoke(
+        app,
+        ["train", "train.parquet", "--categorical", "machine_type", "--keys", "reading_id,timestamp", "--epochs", "5"],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert "cli-model version 1" in trained.output
+    scored = runner.invoke(app, ["score", "incoming", "--output", "out/scores.parquet"])
+    assert scored.exit_code == 0, scored.output
+    assert "rows scored" in scored.output
+    out = pd.read_parquet(workdir / "out" / "scores.parquet")
+    assert len(out) == len(incoming_table)
+    assert (workdir / "out" / "scores.rejects.parquet").exists()
+
+
+def test_errors_are_one_clear_line_and_exit_code_2(workdir):
+    missing = runner.invoke(app, ["train", "nope.parquet"])
+    assert missing.exit_code == 2
+    assert "nope.parquet: no such file or directory" in missing.output
+    assert "Traceback" not in missing.output
+    unknown = runner.invoke(app, ["score", "incoming", "--output", "o.parquet", "--model-uri", "models:/ghost/3"])
+    assert unknown.exit_code == 2
+    assert "models:/ghost/3: not found" in unknown.output

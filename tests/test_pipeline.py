@@ -1,0 +1,54 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly.config import TrainSettings
+from anomaly.data.parquet import write_parquet_atomic
+from anomaly.errors import SchemaError
+from anomaly.pipeline import rejects_path_for, score, score_files, train, write_outputs
+from anomaly.tracking import LoadedModel
+from tests.conftest import FAST, KEYS
+
+
+@pytest.fixture
+def landing(tmp_path, incoming_table):
+    first, second = incoming_table.iloc[:700].copy(), incoming_table.iloc[700:].copy()
+    second.loc[second.index[:4], "vibration"] = np.nan
+    write_parquet_atomic(first, tmp_path / "landing" / "a.parquet")
+    write_parquet_atomic(second, tmp_path / "landing" / "b.parquet")
+    return tmp_path / "landing"
+
+
+def test_score_files_keeps_every_row_and_names_the_source(fitted_detector, landing, incoming_table):
+    model = LoadedModel(fitted_detector, "m", "1", "models:/m/1")
+    batch = score_files(model, str(landing))
+    assert batch.n_rows == len(incoming_table)
+    assert batch.n_rejected == 4
+    assert batch.rejected["source_file"].str.endswith("b.parquet").all()
+    assert sorted([*batch.scored["reading_id"], *batch.rejected["reading_id"]]) == sorted(incoming_table["reading_id"])
+
+
+def test_schema_error_names_the_file(fitted_detector, landing):
+    bad = pd.read_parquet(landing / "b.parquet").drop(columns="power")
+    write_parquet_atomic(bad, landing / "c.parquet")
+    with pytest.raises(SchemaError, match=r"c\.parquet: missing column 'power'"):
+        score_files(LoadedModel(fitted_detector, "m", "1", "u"), str(landing))
+
+
+def test_outputs_are_written_beside_each_other(tmp_path, fitted_detector, landing):
+    batch = score_files(LoadedModel(fitted_detector, "m", "1", "u"), str(landing))
+    out, rej = write_outputs(batch, tmp_path / "out" / "scores.parquet")
+    assert rej == rejects_path_for(out) == tmp_path / "out" / "scores.rejects.parquet"
+    assert len(pd.read_parquet(out)) + len(pd.read_parquet(rej)) == batch.n_rows
+    assert "reason" in pd.read_parquet(rej).columns
+
+
+def test_train_then_score_through_mlflow(tmp_path, normal_table, landing, tracking_config, incoming_table):
+    write_parquet_atomic(normal_table, tmp_path / "train.parquet")
+    settings = TrainSettings(detector={**FAST, "epochs": 5, "categorical_columns": ["machine_type"], "key_columns": KEYS})
+    trained = train(str(tmp_path / "train.parquet"), settings, tracking_config)
+    assert trained.model.version == "1" and trained.n_rows == len(normal_table)
+    result = score(str(landing), "models:/test-detector/latest", str(tmp_path / "s.parquet"), tracking_config)
+    assert (result.rows_in, result.rows_rejected) == (len(incoming_table), 4)
+    assert result.rows_scored + result.rows_rejected == result.rows_in
+    assert pd.read_parquet(result.output)["model_version"].eq("1").all()

@@ -1,0 +1,87 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly.errors import SchemaError
+from anomaly.scoring import errors_by_source, reduce_errors, score_frame, score_rows, top_contributors
+from tests.conftest import KEYS
+
+
+def test_reductions_by_hand():
+    errors = np.array([[1.0, 3.0], [0.0, 0.0]])
+    assert reduce_errors(errors, "mean").tolist() == [2.0, 0.0]
+    assert reduce_errors(errors, "max").tolist() == [3.0, 0.0]
+    assert reduce_errors(np.ones((2, 2, 3)), "mean").shape == (2,)
+    with pytest.raises(ValueError, match="reduction"):
+        reduce_errors(errors, "median")
+
+
+def test_errors_are_summed_back_onto_input_columns():
+    errors = np.array([[1.0, 0.5, 0.25, 0.25]])
+    sources = np.array([0, 1, 1, 2])
+    assert errors_by_source(errors, sources, 3).tolist() == [[1.0, 0.75, 0.25]]
+
+
+def test_top_contributor_and_share():
+    names, share = top_contributors(np.array([[1.0, 3.0], [2.0, 0.0], [0.0, 0.0]]), ["a", "b"])
+    assert names.tolist() == ["b", "a", "a"]
+    np.testing.assert_allclose(share, [0.75, 1.0, 0.0])
+
+
+def with_holes(table):
+    holed = table.copy()
+    holed.loc[holed.index[3], "pressure"] = np.nan
+    holed.loc[holed.index[7], "rpm"] = -np.inf
+    holed.loc[holed.index[9], "machine_type"] = pd.NA
+    return holed
+
+
+def test_reject_policy_keeps_row_counts_whole(fitted_detector, incoming_table):
+    batch = score_frame(fitted_detector, with_holes(incoming_table), "m", "3", source="in.parquet")
+    assert batch.n_scored + batch.n_rejected == len(incoming_table)
+    assert batch.n_rejected == 3
+    assert batch.rejected["reading_id"].tolist() == incoming_table["reading_id"].iloc[[3, 7, 9]].tolist()
+    assert batch.rejected["reason"].tolist() == [
+        "missing or non-finite value in pressure",
+        "missing or non-finite value in rpm",
+        "missing or non-finite value in machine_type",
+    ]
+    assert (batch.rejected["source_file"] == "in.parquet").all()
+    assert list(batch.scored.columns) == [
+        *KEYS, "anomaly_score", "p_value", "is_anomaly", "threshold", "model_name", "model_version",
+        "top_feature", "top_feature_share",
+    ]
+    assert batch.scored["model_version"].eq("3").all()
+    assert batch.scored["is_anomaly"].sum() == batch.n_flagged
+
+
+def test_impute_policy_scores_every_row(fitted_detector, incoming_table):
+    imputing = fitted_detector.set_params(nan_policy="impute")
+    try:
+        batch = score_frame(imputing, with_holes(incoming_table))
+    finally:
+        fitted_detector.set_params(nan_policy="reject")
+    assert batch.n_scored == len(incoming_table) and batch.n_rejected == 0
+    assert np.isfinite(batch.scored["anomaly_score"]).all()
+
+
+def test_score_rows_is_aligned_with_input(fitted_detector, incoming_table):
+    shuffled = with_holes(incoming_table).sample(frac=1.0, random_state=0)
+    rows = score_rows(fitted_detector, shuffled)
+    assert rows.index.equals(shuffled.index)
+    clean = shuffled[rows["reject_reason"] == ""]
+    np.testing.assert_allclose(rows.loc[clean.index, "anomaly_score"], fitted_detector.score_samples(clean))
+    assert rows["anomaly_score"].isna().sum() == 3
+
+
+def test_top_feature_points_at_the_broken_sensor(fitted_detector, normal_table):
+    rows = normal_table.head(50).copy()
+    rows["voltage"] = 0.0  # a dead sensor
+    out = score_frame(fitted_detector, rows).scored
+    assert (out["top_feature"] == "voltage").all()
+    assert out["is_anomaly"].all()
+
+
+def test_missing_key_column_names_column_and_file(fitted_detector, incoming_table):
+    with pytest.raises(SchemaError, match=r"batch\.parquet: missing key column 'timestamp'"):
+        score_frame(fitted_detector, incoming_table.drop(columns="timestamp"), source="batch.parquet")
