@@ -20,7 +20,7 @@ from anomaly.models import DenseAutoencoder, DenseConfig, Objective, default_den
 from anomaly.models.losses import LOSSES
 from anomaly.models.noise import NOISE_KINDS
 from anomaly.preprocessing import TabularPreprocessor
-from anomaly.scoring import REDUCTIONS, errors_by_source, reduce_errors
+from anomaly.scoring import REDUCTIONS, reduce_errors, source_matrix
 from anomaly.thresholds import QuantileThreshold
 from anomaly.training import (
     TrainingConfig,
@@ -75,9 +75,10 @@ class AutoencoderDetector(BaseEstimator):
     model : {"dense"}
         Network family.
     hidden_layers : sequence of int, optional
-        Encoder widths (the decoder mirrors them). Default: chosen from the input width.
+        Encoder widths (the decoder mirrors them). Default: one layer of 64 to 512 units, chosen
+        from the input width (see :func:`anomaly.models.default_dense_layout`).
     latent_dim : int, optional
-        Size of the bottleneck. Default: about a quarter of the input width, 2 to 32.
+        Size of the latent code. Default: the input width, clipped to 8..32.
     activation, dropout, batch_norm
         Hidden-layer settings.
     variational : bool
@@ -340,20 +341,21 @@ class AutoencoderDetector(BaseEstimator):
                 )
         return self.preprocessor_.transform(frame, impute=impute)
 
-    def _element_errors(self, X_encoded: np.ndarray) -> np.ndarray:
-        module, loss = self.module_, self.objective_.loss
+    def _score_encoded(self, X_encoded: np.ndarray, attribute: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Scores ``(n,)`` and, with ``attribute``, per-input-column errors ``(n, n_features_in_)``.
 
-        def errors(batch: torch.Tensor) -> torch.Tensor:
-            return elementwise_error(module(batch).x_hat, batch, loss)
+        Both are reduced on the device, so only ``n * (1 + n_features_in_)`` floats come back.
+        """
+        module, loss, reduction = self.module_, self.objective_.loss, self.reduction
+        sources = source_matrix(self.preprocessor_.output_sources_, len(self.preprocessor_.input_names_)).to(self.device_)
 
-        return infer_in_batches(errors, module, X_encoded, max(self.batch_size, 4096), self.device_, self.mixed_precision)
+        def score(batch: torch.Tensor) -> torch.Tensor:
+            errors = elementwise_error(module(batch).x_hat, batch, loss)
+            scores = reduce_errors(errors, reduction).unsqueeze(1)  # type: ignore[arg-type]
+            return torch.cat([scores, errors @ sources], dim=1) if attribute else scores
 
-    def _score_encoded(self, X_encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores ``(n,)`` and per-input-column errors ``(n, n_features_in_)`` of encoded rows."""
-        errors = self._element_errors(X_encoded)
-        scores = reduce_errors(errors, self.reduction).astype(np.float64)  # type: ignore[arg-type]
-        per_feature = errors_by_source(errors, self.preprocessor_.output_sources_, len(self.preprocessor_.input_names_))
-        return scores, per_feature
+        out = infer_in_batches(score, module, X_encoded, max(self.batch_size, 4096), self.device_, self.mixed_precision)
+        return out[:, 0].astype(np.float64), out[:, 1:]
 
     def score_samples(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Anomaly score per sample, shape ``(n_samples,)``; higher means more anomalous."""
@@ -368,7 +370,7 @@ class AutoencoderDetector(BaseEstimator):
         """
         self._check_fitted()
         frame = self._frame(X)
-        per_feature = self._score_encoded(self._encode(frame))[1]
+        per_feature = self._score_encoded(self._encode(frame), attribute=True)[1]
         return pd.DataFrame(per_feature, columns=self.preprocessor_.input_names_, index=frame.index)
 
     def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:

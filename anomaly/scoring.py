@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 
 from anomaly.data.schema import invalid_row_reasons
 
@@ -19,27 +20,28 @@ REDUCTIONS: tuple[str, ...] = ("mean", "max")
 SCORE_COLUMNS = ("anomaly_score", "p_value", "is_anomaly", "top_feature", "top_feature_share")
 
 
-def reduce_errors(errors: np.ndarray, reduction: Reduction = "mean") -> np.ndarray:
+def reduce_errors(errors: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
     """Reduce per-feature errors ``(n_samples, ...)`` to one score per sample ``(n_samples,)``.
 
     ``mean`` suits broad deviations; ``max`` reacts to a single broken feature.
     """
     flat = errors.reshape(len(errors), -1)
     if reduction == "mean":
-        return flat.mean(axis=1)
+        return flat.mean(dim=1)
     if reduction == "max":
-        return flat.max(axis=1) if flat.shape[1] else np.zeros(len(flat), dtype=flat.dtype)
+        return flat.amax(dim=1)
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def errors_by_source(errors: np.ndarray, sources: np.ndarray, n_sources: int) -> np.ndarray:
-    """Sum encoded-column errors ``(n, n_encoded)`` back onto input columns ``(n, n_sources)``.
+def source_matrix(sources: np.ndarray, n_sources: int) -> torch.Tensor:
+    """``(n_encoded, n_sources)`` 0/1 matrix with a 1 where encoded column ``j`` came from input ``sources[j]``.
 
-    ``sources[j]`` is the input column encoded column ``j`` came from (one-hot columns share one).
+    ``errors @ source_matrix(...)`` sums encoded-column errors back onto input columns
+    (one-hot columns share one), as one matrix product on the device.
     """
-    out = np.zeros((errors.shape[0], n_sources), dtype=np.float64)
-    np.add.at(out.T, sources, errors.T.astype(np.float64))
-    return out
+    matrix = torch.zeros(len(sources), n_sources, dtype=torch.float32)
+    matrix[torch.arange(len(sources)), torch.as_tensor(sources, dtype=torch.long)] = 1.0
+    return matrix
 
 
 def top_contributors(per_feature: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +74,7 @@ def score_rows(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFra
     ok = np.ones(len(frame), dtype=bool) if impute else (reasons == "").to_numpy()
     if impute:
         reasons[:] = ""
-    scores, per_feature = detector._score_encoded(detector.preprocessor_.transform(frame[ok], impute=impute))
+    scores, per_feature = detector._score_encoded(detector.preprocessor_.transform(frame[ok], impute=impute), attribute=True)
     top, share = top_contributors(per_feature, detector.preprocessor_.input_names_)
 
     out = pd.DataFrame(index=frame.index)

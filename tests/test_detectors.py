@@ -167,3 +167,22 @@ def test_dataframe_with_only_keys_has_no_features():
     frame = pd.DataFrame({"id": [1, 2, 3]})
     with pytest.raises(SchemaError, match="no feature columns"):
         AutoencoderDetector(key_columns=["id"]).fit(frame)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_path_agrees_with_cpu(normal_table, incoming_table):
+    options = {"categorical_columns": ["machine_type"], "key_columns": KEYS, **FAST, "epochs": 20}
+    gpu = AutoencoderDetector(device="cuda", **options).fit(normal_table)
+    assert next(gpu.module_.parameters()).device.type == "cuda"
+    assert gpu.history_.device.startswith("cuda")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gpu.save(tmp + "/m")
+        cpu = AutoencoderDetector.load(tmp + "/m", device="cpu")
+    gpu_scores, cpu_scores = gpu.score_samples(incoming_table), cpu.score_samples(incoming_table)
+    # bf16 autocast on CUDA vs float32 on CPU: same ranking, close values.
+    assert np.corrcoef(gpu_scores, cpu_scores)[0, 1] > 0.99
+    np.testing.assert_allclose(gpu_scores, cpu_scores, rtol=0.1, atol=1e-3)
+    truth = incoming_table[LABEL_COLUMN] != "none"
+    assert roc_auc_score(truth, gpu_scores) >= 0.9

@@ -1,25 +1,27 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from anomaly.errors import SchemaError
-from anomaly.scoring import errors_by_source, reduce_errors, score_frame, score_rows, top_contributors
+from anomaly.scoring import reduce_errors, score_frame, score_rows, source_matrix, top_contributors
 from tests.conftest import KEYS
 
 
 def test_reductions_by_hand():
-    errors = np.array([[1.0, 3.0], [0.0, 0.0]])
+    errors = torch.tensor([[1.0, 3.0], [0.0, 0.0]])
     assert reduce_errors(errors, "mean").tolist() == [2.0, 0.0]
     assert reduce_errors(errors, "max").tolist() == [3.0, 0.0]
-    assert reduce_errors(np.ones((2, 2, 3)), "mean").shape == (2,)
+    assert reduce_errors(torch.ones(2, 2, 3), "mean").shape == (2,)
     with pytest.raises(ValueError, match="reduction"):
         reduce_errors(errors, "median")
 
 
 def test_errors_are_summed_back_onto_input_columns():
-    errors = np.array([[1.0, 0.5, 0.25, 0.25]])
-    sources = np.array([0, 1, 1, 2])
-    assert errors_by_source(errors, sources, 3).tolist() == [[1.0, 0.75, 0.25]]
+    errors = torch.tensor([[1.0, 0.5, 0.25, 0.25]])
+    matrix = source_matrix(np.array([0, 1, 1, 2]), 3)
+    assert matrix.shape == (4, 3)
+    assert (errors @ matrix).tolist() == [[1.0, 0.75, 0.25]]
 
 
 def test_top_contributor_and_share():

@@ -14,7 +14,8 @@ def correlated(n, rng):
 def test_loss_falls_and_best_epoch_is_kept(rng):
     X = correlated(600, rng)
     module = DenseAutoencoder(DenseConfig(6, (16,), 2))
-    history = train_autoencoder(module, Objective(), X[:500], X[500:], TrainingConfig(epochs=30, batch_size=64, progress=False))
+    config = TrainingConfig(epochs=30, batch_size=64, device="cpu", progress=False)
+    history = train_autoencoder(module, Objective(), X[:500], X[500:], config)
     assert history.train_loss[-1] < history.train_loss[0] / 3
     assert len(history.val_loss) == len(history.train_loss)
     assert history.val_loss[history.best_epoch - 1] == min(history.val_loss)

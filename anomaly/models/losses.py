@@ -24,7 +24,13 @@ def elementwise_error(x_hat: torch.Tensor, x: torch.Tensor, loss: LossName) -> t
     rank rows by how grey they are rather than by how badly they are reconstructed. The
     gradient is that of BCE.
     """
-    x_hat, x = x_hat.float(), x.float()
+    # Errors are float32 even under autocast: BCE is unsafe to autocast (torch refuses it on
+    # CUDA), and bf16 errors would quantise the scores the threshold is compared with.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _elementwise_error(x_hat.float(), x.float(), loss)
+
+
+def _elementwise_error(x_hat: torch.Tensor, x: torch.Tensor, loss: LossName) -> torch.Tensor:
     if loss == "mse":
         return (x_hat - x).square()
     if loss == "mae":

@@ -46,7 +46,7 @@ def test_variational_eval_is_deterministic_and_training_samples():
     assert not torch.equal(module(x).x_hat, module(x).x_hat)
 
 
-@pytest.mark.parametrize("width,hidden,latent", [(6, (16, 8), 2), (21, (64, 32), 6), (784, (512, 256), 32)])
+@pytest.mark.parametrize("width,hidden,latent", [(6, (64,), 8), (21, (64,), 21), (36, (128,), 32), (784, (512,), 32)])
 def test_default_layout_from_input_width(width, hidden, latent):
     assert default_dense_layout(width) == (hidden, latent)
 
