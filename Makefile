@@ -28,6 +28,8 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check anomaly flows tests benchmarks data
+	$(VENV)/bin/ruff format --check anomaly flows tests benchmarks data
+	$(VENV)/bin/mypy anomaly
 
 bench-adbench: $(VENV)/.installed
 	$(PY) -m pip install --quiet ".[bench]"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,11 +13,14 @@ from rich.table import Table
 
 from anomaly.errors import AnomalyError
 
-app = typer.Typer(help="Train autoencoder anomaly detectors on normal data and score new batches.", no_args_is_help=True)
+app = typer.Typer(
+    help="Train autoencoder anomaly detectors on normal data and score new batches.",
+    no_args_is_help=True,
+)
 console = Console(stderr=True)
 
 
-def _split(value: Optional[str]) -> Optional[list[str]]:
+def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
@@ -39,22 +42,39 @@ def _table(title: str, rows: dict[str, object]) -> Table:
     return table
 
 
-TrackingOpt = Annotated[Optional[Path], typer.Option("--tracking-config", help="mlflow.yaml to use (default ./mlflow.yaml)")]
+TrackingOpt = Annotated[
+    Path | None,
+    typer.Option("--tracking-config", help="mlflow.yaml to use (default ./mlflow.yaml)"),
+]
 
 
 @app.command()
 def train(
     data: Annotated[str, typer.Argument(help="Normal data: a Parquet file, a directory or a glob")],
-    config: Annotated[Optional[Path], typer.Option(help="YAML of TrainSettings (detector hyperparameters, quantile, splits)")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Network family: dense")] = None,
-    features: Annotated[Optional[str], typer.Option(help="Comma-separated feature columns (default: all numeric non-key columns)")] = None,
-    categorical: Annotated[Optional[str], typer.Option(help="Comma-separated categorical columns to one-hot encode")] = None,
-    keys: Annotated[Optional[str], typer.Option(help="Comma-separated key columns passed through to outputs")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Maximum training epochs")] = None,
-    quantile: Annotated[Optional[float], typer.Option(help="Threshold quantile of calibration errors")] = None,
-    nan_policy: Annotated[Optional[str], typer.Option(help="reject or impute rows with NaN/inf features")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = None,
-    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML of TrainSettings (detector hyperparameters, quantile, splits)"),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Network family: dense")] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated feature columns (default: all numeric non-key columns)"),
+    ] = None,
+    categorical: Annotated[
+        str | None, typer.Option(help="Comma-separated categorical columns to one-hot encode")
+    ] = None,
+    keys: Annotated[
+        str | None, typer.Option(help="Comma-separated key columns passed through to outputs")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum training epochs")] = None,
+    quantile: Annotated[
+        float | None, typer.Option(help="Threshold quantile of calibration errors")
+    ] = None,
+    nan_policy: Annotated[
+        str | None, typer.Option(help="reject or impute rows with NaN/inf features")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = None,
+    run_name: Annotated[str | None, typer.Option(help="MLflow run name")] = None,
     tracking_config: TrackingOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -67,11 +87,20 @@ def train(
     try:
         settings = TrainSettings.from_yaml(config) if config else TrainSettings()
         overrides = {
-            "model": model, "feature_columns": _split(features), "categorical_columns": _split(categorical),
-            "key_columns": _split(keys), "epochs": epochs, "nan_policy": nan_policy, "device": device,
+            "model": model,
+            "feature_columns": _split(features),
+            "categorical_columns": _split(categorical),
+            "key_columns": _split(keys),
+            "epochs": epochs,
+            "nan_policy": nan_policy,
+            "device": device,
         }
-        detector = settings.detector.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-        settings = settings.model_copy(update={"detector": detector, **({"quantile": quantile} if quantile else {})})
+        detector = settings.detector.model_copy(
+            update={k: v for k, v in overrides.items() if v is not None}
+        )
+        settings = settings.model_copy(
+            update={"detector": detector, **({"quantile": quantile} if quantile else {})}
+        )
         settings = TrainSettings.model_validate(settings.model_dump())
         tracking = TrackingConfig.load(tracking_config)
         result = run_train(data, settings, tracking, run_name=run_name)
@@ -96,10 +125,16 @@ def train(
 
 @app.command()
 def score(
-    data: Annotated[str, typer.Argument(help="Rows to score: a Parquet file, a directory or a glob")],
+    data: Annotated[
+        str, typer.Argument(help="Rows to score: a Parquet file, a directory or a glob")
+    ],
     output: Annotated[Path, typer.Option(help="Scored Parquet file to write")],
-    model_uri: Annotated[str, typer.Option(help="models:/NAME/VERSION, models:/NAME@ALIAS or models:/NAME/latest")] = "",
-    rejects: Annotated[Optional[Path], typer.Option(help="Rejected rows (default: OUTPUT.rejects.parquet)")] = None,
+    model_uri: Annotated[
+        str, typer.Option(help="models:/NAME/VERSION, models:/NAME@ALIAS or models:/NAME/latest")
+    ] = "",
+    rejects: Annotated[
+        Path | None, typer.Option(help="Rejected rows (default: OUTPUT.rejects.parquet)")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
     tracking_config: TrackingOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -112,7 +147,14 @@ def score(
     try:
         tracking = TrackingConfig.load(tracking_config)
         uri = model_uri or f"models:/{tracking.registered_model_name}/latest"
-        result = run_score(data, uri, str(output), tracking, rejects=str(rejects) if rejects else None, device=device)
+        result = run_score(
+            data,
+            uri,
+            str(output),
+            tracking,
+            rejects=str(rejects) if rejects else None,
+            device=device,
+        )
     except (AnomalyError, ValueError, FileNotFoundError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from exc

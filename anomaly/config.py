@@ -27,7 +27,7 @@ def _detector_settings_model() -> type[BaseModel]:
             default = list(default)
             annotation = list[str]
         fields[name] = (annotation, default)
-    return create_model(  # type: ignore[call-overload,no-any-return]
+    return create_model(
         "DetectorSettings",
         __config__=ConfigDict(extra="forbid"),
         __doc__="Hyperparameters of AutoencoderDetector (see its docstring).",
@@ -35,7 +35,7 @@ def _detector_settings_model() -> type[BaseModel]:
     )
 
 
-DetectorSettings = _detector_settings_model()
+DetectorSettings: Any = _detector_settings_model()
 
 
 class TrainSettings(BaseModel):
@@ -43,10 +43,16 @@ class TrainSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    detector: DetectorSettings = Field(default_factory=DetectorSettings)  # type: ignore[valid-type]
-    quantile: float = Field(0.95, gt=0, lt=1, description="Threshold quantile of calibration errors")
-    validation_fraction: float = Field(0.1, ge=0, lt=1, description="Share of normal rows for early stopping")
-    calibration_fraction: float = Field(0.2, gt=0, lt=1, description="Share of normal rows for the threshold")
+    detector: DetectorSettings = Field(default_factory=DetectorSettings)
+    quantile: float = Field(
+        0.95, gt=0, lt=1, description="Threshold quantile of calibration errors"
+    )
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of normal rows for early stopping"
+    )
+    calibration_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of normal rows for the threshold"
+    )
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> TrainSettings:
@@ -55,4 +61,4 @@ class TrainSettings(BaseModel):
         return cls(**data)
 
     def build_detector(self) -> AutoencoderDetector:
-        return AutoencoderDetector(**self.detector.model_dump())  # type: ignore[attr-defined]
+        return AutoencoderDetector(**self.detector.model_dump())

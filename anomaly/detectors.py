@@ -16,7 +16,13 @@ from torch import nn
 
 from anomaly.data.schema import TableSchema, as_frame, invalid_row_reasons
 from anomaly.errors import InvalidRowsError, NotFittedError, SchemaError
-from anomaly.models import DenseAutoencoder, DenseConfig, Objective, default_dense_layout, elementwise_error
+from anomaly.models import (
+    DenseAutoencoder,
+    DenseConfig,
+    Objective,
+    default_dense_layout,
+    elementwise_error,
+)
 from anomaly.models.losses import LOSSES
 from anomaly.models.noise import NOISE_KINDS
 from anomaly.preprocessing import TabularPreprocessor
@@ -37,7 +43,9 @@ MODELS: tuple[str, ...] = ("dense",)
 NAN_POLICIES: tuple[str, ...] = ("reject", "impute")
 
 
-def build_module(model: str, n_features: int, params: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+def build_module(
+    model: str, n_features: int, params: dict[str, Any]
+) -> tuple[nn.Module, dict[str, Any]]:
     """Build the network for ``model`` and return it with the JSON-able config that rebuilds it."""
     if model != "dense":
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
@@ -59,7 +67,9 @@ def module_from_config(model: str, config: dict[str, Any]) -> nn.Module:
     """Rebuild a network from the config :func:`build_module` returned."""
     if model != "dense":
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-    return DenseAutoencoder(DenseConfig(**{**config, "hidden_layers": tuple(config["hidden_layers"])}))
+    return DenseAutoencoder(
+        DenseConfig(**{**config, "hidden_layers": tuple(config["hidden_layers"])})
+    )
 
 
 class AutoencoderDetector(BaseEstimator):
@@ -195,7 +205,9 @@ class AutoencoderDetector(BaseEstimator):
         if self.loss == "bce" and self.scaler != "minmax":
             raise ValueError("loss='bce' needs data in [0, 1]: set scaler='minmax'")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
+            raise ValueError(
+                f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}"
+            )
 
     def fit(
         self,
@@ -227,20 +239,28 @@ class AutoencoderDetector(BaseEstimator):
         self
         """
         self._validate_params()
-        if not (0 < calibration_fraction < 1 and 0 <= validation_fraction < 1
-                and calibration_fraction + validation_fraction < 1):
+        if not (
+            0 < calibration_fraction < 1
+            and 0 <= validation_fraction < 1
+            and calibration_fraction + validation_fraction < 1
+        ):
             raise ValueError(
                 "need 0 < calibration_fraction < 1, 0 <= validation_fraction < 1 and their sum < 1, "
                 f"got {calibration_fraction} and {validation_fraction}"
             )
         frame = as_frame(X)
-        schema = TableSchema.infer(frame, self.feature_columns, self.categorical_columns, self.key_columns)
+        schema = TableSchema.infer(
+            frame, self.feature_columns, self.categorical_columns, self.key_columns
+        )
         reasons = invalid_row_reasons(frame, schema)
         bad = (reasons != "").to_numpy()
         if bad.any() and self.nan_policy == "reject":
             logger.warning(
                 "fit: leaving out %d of %d rows with missing or non-finite features (first: row %s, %s)",
-                bad.sum(), len(frame), frame.index[bad][0], reasons[bad].iloc[0],
+                bad.sum(),
+                len(frame),
+                frame.index[bad][0],
+                reasons[bad].iloc[0],
             )
             frame = frame.loc[~bad]
         n = len(frame)
@@ -248,9 +268,15 @@ class AutoencoderDetector(BaseEstimator):
         order = rng.permutation(n)
         n_cal = round(n * calibration_fraction)
         n_val = round(n * validation_fraction)
-        cal_rows, val_rows, fit_rows = order[:n_cal], order[n_cal : n_cal + n_val], order[n_cal + n_val :]
+        cal_rows, val_rows, fit_rows = (
+            order[:n_cal],
+            order[n_cal : n_cal + n_val],
+            order[n_cal + n_val :],
+        )
         if len(fit_rows) < 2:
-            raise ValueError(f"too few normal rows to train: {n} usable rows, {len(fit_rows)} left for fitting")
+            raise ValueError(
+                f"too few normal rows to train: {n} usable rows, {len(fit_rows)} left for fitting"
+            )
         impute = self.nan_policy == "impute"
         fit_frame = frame.iloc[fit_rows]
         clean_fit = fit_frame.loc[(invalid_row_reasons(fit_frame, schema) == "").to_numpy()]
@@ -280,7 +306,9 @@ class AutoencoderDetector(BaseEstimator):
         )
         X_fit = preprocessor.transform(fit_frame, impute=impute)
         X_val = preprocessor.transform(frame.iloc[val_rows], impute=impute) if n_val else None
-        self.history_: TrainingHistory = train_autoencoder(module, objective, X_fit, X_val, training)
+        self.history_: TrainingHistory = train_autoencoder(
+            module, objective, X_fit, X_val, training
+        )
 
         self.schema_ = schema
         self.preprocessor_ = preprocessor
@@ -291,7 +319,9 @@ class AutoencoderDetector(BaseEstimator):
         self.n_features_in_ = len(schema.features)
         self.feature_names_in_ = np.asarray(schema.feature_names, dtype=object)
 
-        cal_scores, _ = self._score_encoded(preprocessor.transform(frame.iloc[cal_rows], impute=impute))
+        cal_scores, _ = self._score_encoded(
+            preprocessor.transform(frame.iloc[cal_rows], impute=impute)
+        )
         self.thresholder_ = QuantileThreshold(quantile).fit(cal_scores)
         self.threshold_ = self.thresholder_.threshold_
         # Row labels of each part, so a caller can check calibration rows were never trained on.
@@ -301,7 +331,7 @@ class AutoencoderDetector(BaseEstimator):
             "calibration": frame.index[cal_rows],
         }
         self.fit_info_ = {
-            "n_rows": int(len(bad)),
+            "n_rows": len(bad),
             "n_rejected": int(bad.sum()) if not impute else 0,
             "n_fit": len(fit_rows),
             "n_validation": len(val_rows),
@@ -313,7 +343,9 @@ class AutoencoderDetector(BaseEstimator):
     # ------------------------------------------------------------------ scoring
     def _check_fitted(self) -> None:
         if not hasattr(self, "thresholder_"):
-            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit with normal data first")
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet; call fit with normal data first"
+            )
 
     def _frame(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
         if isinstance(X, pd.DataFrame):
@@ -341,20 +373,29 @@ class AutoencoderDetector(BaseEstimator):
                 )
         return self.preprocessor_.transform(frame, impute=impute)
 
-    def _score_encoded(self, X_encoded: np.ndarray, attribute: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def _score_encoded(
+        self, X_encoded: np.ndarray, attribute: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Scores ``(n,)`` and, with ``attribute``, per-input-column errors ``(n, n_features_in_)``.
 
         Both are reduced on the device, so only ``n * (1 + n_features_in_)`` floats come back.
         """
         module, loss, reduction = self.module_, self.objective_.loss, self.reduction
-        sources = source_matrix(self.preprocessor_.output_sources_, len(self.preprocessor_.input_names_)).to(self.device_)
+        sources = source_matrix(
+            self.preprocessor_.output_sources_, len(self.preprocessor_.input_names_)
+        ).to(self.device_)
 
         def score(batch: torch.Tensor) -> torch.Tensor:
-            errors = elementwise_error(module(batch).x_hat, batch, loss)
-            scores = reduce_errors(errors, reduction).unsqueeze(1)  # type: ignore[arg-type]
-            return torch.cat([scores, errors @ sources], dim=1) if attribute else scores
+            x_hat = module(batch).x_hat
+            # Only the forward pass runs in mixed precision; errors and their sums stay float32.
+            with torch.autocast(device_type=batch.device.type, enabled=False):
+                errors = elementwise_error(x_hat, batch, loss)
+                scores = reduce_errors(errors, reduction).unsqueeze(1)  # type: ignore[arg-type]
+                return torch.cat([scores, errors @ sources], dim=1) if attribute else scores
 
-        out = infer_in_batches(score, module, X_encoded, max(self.batch_size, 4096), self.device_, self.mixed_precision)
+        out = infer_in_batches(
+            score, module, X_encoded, max(self.batch_size, 4096), self.device_, self.mixed_precision
+        )
         return out[:, 0].astype(np.float64), out[:, 1:]
 
     def score_samples(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
@@ -387,7 +428,9 @@ class AutoencoderDetector(BaseEstimator):
         """Latent code per sample ``(n_samples, latent_dim)`` (the mean for a variational model)."""
         self._check_fitted()
         module = self.module_
-        return infer_in_batches(lambda b: module(b).z, module, self._encode(X), 4096, self.device_, self.mixed_precision)
+        return infer_in_batches(
+            lambda b: module(b).z, module, self._encode(X), 4096, self.device_, self.mixed_precision
+        )
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -22,7 +22,12 @@ class AnomalyDetectorModel(PythonModel):
 
         self.detector = AutoencoderDetector.load(context.artifacts["detector"])
 
-    def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self,
+        context: PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
         from anomaly.scoring import score_rows
 
         return score_rows(self.detector, pd.DataFrame(model_input)).reset_index(drop=True)

@@ -76,7 +76,10 @@ def save_detector(detector: AutoencoderDetector, path: str | os.PathLike[str]) -
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in detector.module_.state_dict().items()}
         save_torch(state, str(tmp / "weights.safetensors"))
-        save_numpy({"scores": detector.thresholder_.calibration_scores_}, str(tmp / "calibration.safetensors"))
+        save_numpy(
+            {"scores": detector.thresholder_.calibration_scores_},
+            str(tmp / "calibration.safetensors"),
+        )
         detector.preprocessor_.save(tmp)
         config = {
             "format": FORMAT,
@@ -121,7 +124,9 @@ def _verify(directory: Path) -> dict[str, Any]:
         if not file.is_file():
             raise ModelFileError(f"{file}: listed in the manifest but missing")
         if _sha256(file) != expected:
-            raise ModelFileError(f"{file}: checksum does not match the manifest (truncated or modified)")
+            raise ModelFileError(
+                f"{file}: checksum does not match the manifest (truncated or modified)"
+            )
     try:
         config = json.loads((directory / "detector.json").read_text())
     except (OSError, ValueError) as exc:
@@ -149,10 +154,14 @@ def load_detector(path: str | os.PathLike[str], device: str = "auto") -> Autoenc
         module.load_state_dict(load_torch(str(directory / "weights.safetensors")))
         calibration = load_numpy(str(directory / "calibration.safetensors"))["scores"]
     except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelFileError(f"{directory}: weights do not match the saved configuration ({exc})") from exc
+        raise ModelFileError(
+            f"{directory}: weights do not match the saved configuration ({exc})"
+        ) from exc
     threshold = QuantileThreshold(config["threshold"]["q"]).fit(calibration)
     if threshold.threshold_ != config["threshold"]["threshold"]:
-        raise ModelFileError(f"{directory}: calibration scores do not reproduce the saved threshold")
+        raise ModelFileError(
+            f"{directory}: calibration scores do not reproduce the saved threshold"
+        )
 
     detector.schema_ = schema
     detector.preprocessor_ = TabularPreprocessor.load(directory, schema)
@@ -164,8 +173,13 @@ def load_detector(path: str | os.PathLike[str], device: str = "auto") -> Autoenc
     detector.threshold_ = threshold.threshold_
     detector.fit_info_ = config["fit_info"]
     history = config["history"]
-    detector.history_ = TrainingHistory(**{**history, "train_loss": tuple(history["train_loss"]),
-                                           "val_loss": tuple(history["val_loss"])})
+    detector.history_ = TrainingHistory(
+        **{
+            **history,
+            "train_loss": tuple(history["train_loss"]),
+            "val_loss": tuple(history["val_loss"]),
+        }
+    )
     detector.n_features_in_ = len(schema.features)
     detector.feature_names_in_ = np.asarray(schema.feature_names, dtype=object)
     return detector

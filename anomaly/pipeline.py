@@ -13,7 +13,14 @@ from anomaly.config import TrainSettings
 from anomaly.data.parquet import list_parquet_files, read_table, write_parquet_atomic
 from anomaly.detectors import AutoencoderDetector
 from anomaly.scoring import ScoredBatch, score_frame
-from anomaly.tracking import LoadedModel, RegisteredModel, TrackingConfig, load_registered_detector, log_scoring_run, log_training_run
+from anomaly.tracking import (
+    LoadedModel,
+    RegisteredModel,
+    TrackingConfig,
+    load_registered_detector,
+    log_scoring_run,
+    log_training_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +45,9 @@ class TrainResult:
     best_val_loss: float | None
 
 
-def train(data: str, settings: TrainSettings, tracking: TrackingConfig, run_name: str | None = None) -> TrainResult:
+def train(
+    data: str, settings: TrainSettings, tracking: TrackingConfig, run_name: str | None = None
+) -> TrainResult:
     """Read normal data, fit, calibrate, log to MLflow and register a new model version."""
     frame = read_table(data)
     detector = fit_detector(frame, settings)
@@ -48,7 +57,7 @@ def train(data: str, settings: TrainSettings, tracking: TrackingConfig, run_name
         model=registered,
         threshold=detector.threshold_,
         n_rows=len(frame),
-        n_calibration=detector.fit_info_["n_calibration"],
+        n_calibration=int(detector.fit_info_["n_calibration"]),
         epochs_run=len(history.train_loss),
         best_val_loss=min(history.val_loss) if history.val_loss else None,
     )
@@ -61,13 +70,23 @@ def score_files(model: LoadedModel, data: str) -> ScoredBatch:
     """
     scored, rejected = [], []
     for path in list_parquet_files(data):
-        batch = score_frame(model.detector, read_table(path), model.name, model.version, source=str(path))
+        batch = score_frame(
+            model.detector, read_table(path), model.name, model.version, source=str(path)
+        )
         scored.append(batch.scored)
         rejected.append(batch.rejected)
-        logger.info("%s: %d scored, %d rejected, %d flagged", path, batch.n_scored, batch.n_rejected, batch.n_flagged)
+        logger.info(
+            "%s: %d scored, %d rejected, %d flagged",
+            path,
+            batch.n_scored,
+            batch.n_rejected,
+            batch.n_flagged,
+        )
     return ScoredBatch(
         scored=pd.concat(scored, ignore_index=True),
-        rejected=pd.concat(rejected, ignore_index=True) if any(len(r) for r in rejected) else rejected[0],
+        rejected=pd.concat(rejected, ignore_index=True)
+        if any(len(r) for r in rejected)
+        else rejected[0],
     )
 
 
@@ -77,10 +96,16 @@ def rejects_path_for(output: str | os.PathLike[str]) -> Path:
     return out.with_name(f"{out.stem}.rejects.parquet")
 
 
-def write_outputs(batch: ScoredBatch, output: str | os.PathLike[str], rejects: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
+def write_outputs(
+    batch: ScoredBatch,
+    output: str | os.PathLike[str],
+    rejects: str | os.PathLike[str] | None = None,
+) -> tuple[Path, Path]:
     """Write scored rows and rejected rows atomically; the rejects file is written even when empty."""
     rejects_path = Path(rejects) if rejects is not None else rejects_path_for(output)
-    return write_parquet_atomic(batch.scored, output), write_parquet_atomic(batch.rejected, rejects_path)
+    return write_parquet_atomic(batch.scored, output), write_parquet_atomic(
+        batch.rejected, rejects_path
+    )
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: flows and CI have no display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def score_histogram(
@@ -31,11 +31,24 @@ def score_histogram(
     positive = np.concatenate(data)
     positive = positive[positive > 0]
     low, high = (positive.min(), positive.max()) if len(positive) else (1e-6, 1.0)
-    bins = np.geomspace(low, max(high, low * 1.01, threshold * 1.01), 60)
-    ax.hist(data[0], bins=bins, alpha=0.7, label=f"calibration (n={len(data[0])})", color="tab:blue")
+    bins = np.geomspace(low, max(high, low * 1.01, threshold * 1.01), 60).tolist()
+    ax.hist(
+        data[0], bins=bins, alpha=0.7, label=f"calibration (n={len(data[0])})", color="tab:blue"
+    )
     if len(data) > 1:
-        ax.hist(data[1], bins=bins, alpha=0.5, label=f"scored batch (n={len(data[1])})", color="tab:orange")
-    ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold q={quantile:g}: {threshold:.4g}")
+        ax.hist(
+            data[1],
+            bins=bins,
+            alpha=0.5,
+            label=f"scored batch (n={len(data[1])})",
+            color="tab:orange",
+        )
+    ax.axvline(
+        threshold,
+        color="tab:red",
+        linestyle="--",
+        label=f"threshold q={quantile:g}: {threshold:.4g}",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("anomaly score (reconstruction error)")
     ax.set_ylabel("rows")

@@ -76,7 +76,9 @@ class TabularPreprocessor:
         if self.schema.categorical_columns:
             encoder = self.transformer_.named_transformers_["categorical"]
             offset = len(names)
-            for j, (column, cats) in enumerate(zip(self.schema.categorical_columns, encoder.categories_)):
+            for j, (column, cats) in enumerate(
+                zip(self.schema.categorical_columns, encoder.categories_, strict=True)
+            ):
                 names += [f"{column}={c}" for c in cats]
                 sources += [offset + j] * len(cats)
         self.output_names_ = names
@@ -127,7 +129,9 @@ class TabularPreprocessor:
             untrusted = set(sio.get_untrusted_types(file=path))
             unexpected = untrusted - _TRUSTED_TYPES
             if unexpected:
-                raise ModelFileError(f"{path}: contains types outside the allowlist: {sorted(unexpected)}")
+                raise ModelFileError(
+                    f"{path}: contains types outside the allowlist: {sorted(unexpected)}"
+                )
             transformer = sio.load(path, trusted=sorted(untrusted))
             meta = json.loads((directory / "preprocessor.json").read_text())
         except ModelFileError:
@@ -135,7 +139,11 @@ class TabularPreprocessor:
         except Exception as exc:
             raise ModelFileError(f"{path}: cannot load preprocessor ({exc})") from exc
         # skops trusts scikit-learn types by default; also insist on the exact structure we save.
-        parts = getattr(transformer, "transformers_", None) if isinstance(transformer, ColumnTransformer) else None
+        parts = (
+            getattr(transformer, "transformers_", None)
+            if isinstance(transformer, ColumnTransformer)
+            else None
+        )
         allowed = (StandardScaler, MinMaxScaler, OneHotEncoder)
         if parts is None or not all(isinstance(t, allowed) or t == "drop" for _, t, _ in parts):
             raise ModelFileError(

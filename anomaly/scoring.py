@@ -50,7 +50,9 @@ def top_contributors(per_feature: np.ndarray, names: list[str]) -> tuple[np.ndar
         return np.array([], dtype=object), np.array([], dtype=np.float64)
     top = per_feature.argmax(axis=1)
     total = per_feature.sum(axis=1)
-    share = np.divide(per_feature[np.arange(len(top)), top], total, out=np.zeros(len(top)), where=total > 0)
+    share = np.divide(
+        per_feature[np.arange(len(top)), top], total, out=np.zeros(len(top)), where=total > 0
+    )
     return np.asarray(names, dtype=object)[top], share
 
 
@@ -74,7 +76,9 @@ def score_rows(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFra
     ok = np.ones(len(frame), dtype=bool) if impute else (reasons == "").to_numpy()
     if impute:
         reasons[:] = ""
-    scores, per_feature = detector._score_encoded(detector.preprocessor_.transform(frame[ok], impute=impute), attribute=True)
+    scores, per_feature = detector._score_encoded(
+        detector.preprocessor_.transform(frame[ok], impute=impute), attribute=True
+    )
     top, share = top_contributors(per_feature, detector.preprocessor_.input_names_)
 
     out = pd.DataFrame(index=frame.index)
@@ -153,5 +157,7 @@ def score_frame(
     if source is not None:
         rejected["source_file"] = source
     if len(scored) + len(rejected) != len(frame):  # pragma: no cover - an invariant, not a branch
-        raise AssertionError(f"rows in {len(frame)} != scored {len(scored)} + rejected {len(rejected)}")
+        raise AssertionError(
+            f"rows in {len(frame)} != scored {len(scored)} + rejected {len(rejected)}"
+        )
     return ScoredBatch(scored=scored, rejected=rejected)

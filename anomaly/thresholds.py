@@ -53,7 +53,9 @@ class QuantileThreshold:
                 f"lower the quantile or give more normal data (or a larger calibration_fraction)"
             )
         if not np.isfinite(scores).all():
-            raise CalibrationError(f"{int((~np.isfinite(scores)).sum())} calibration scores are not finite")
+            raise CalibrationError(
+                f"{int((~np.isfinite(scores)).sum())} calibration scores are not finite"
+            )
         rank = math.ceil((n + 1) * self.q - 1e-9)
         self.calibration_scores_ = scores
         self.threshold_ = float(scores[rank - 1])
@@ -61,7 +63,9 @@ class QuantileThreshold:
 
     def _check(self) -> None:
         if not hasattr(self, "threshold_"):
-            raise NotFittedError("QuantileThreshold is not fitted; call fit with calibration scores")
+            raise NotFittedError(
+                "QuantileThreshold is not fitted; call fit with calibration scores"
+            )
 
     def predict(self, scores: np.ndarray) -> np.ndarray:
         """``True`` where a score is above the threshold."""
@@ -79,11 +83,18 @@ class QuantileThreshold:
         at_least = n - np.searchsorted(cal, np.asarray(scores, dtype=np.float64), side="left")
         return (1.0 + at_least) / (n + 1.0)
 
-    def quantiles(self, levels: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99, 0.999)) -> dict[float, float]:
+    def quantiles(
+        self, levels: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99, 0.999)
+    ) -> dict[float, float]:
         """Empirical quantiles of the calibration scores, for review."""
         self._check()
         return {lv: float(np.quantile(self.calibration_scores_, lv)) for lv in levels}
 
     def to_dict(self) -> dict[str, Any]:
         self._check()
-        return {"kind": "quantile", "q": self.q, "threshold": self.threshold_, "n_calibration": len(self.calibration_scores_)}
+        return {
+            "kind": "quantile",
+            "q": self.q,
+            "threshold": self.threshold_,
+            "n_calibration": len(self.calibration_scores_),
+        }

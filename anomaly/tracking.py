@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import yaml
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -94,7 +95,10 @@ def _log_figure(fig: Any, name: str) -> None:
 
 
 def _flat_params(detector: AutoencoderDetector) -> dict[str, str]:
-    return {k: ("" if v is None else str(list(v) if isinstance(v, tuple) else v)) for k, v in detector.get_params().items()}
+    return {
+        k: ("" if v is None else str(list(v) if isinstance(v, tuple) else v))
+        for k, v in detector.get_params().items()
+    }
 
 
 def log_training_run(
@@ -115,10 +119,19 @@ def log_training_run(
     configure(config)
     thr = detector.thresholder_
     history = detector.history_
-    with mlflow.start_run(run_name=run_name, tags={"anomaly.run_type": "training", **(tags or {})}) as run:
+    with mlflow.start_run(
+        run_name=run_name, tags={"anomaly.run_type": "training", **(tags or {})}
+    ) as run:
         mlflow.log_params(_flat_params(detector))
-        mlflow.log_params({f"data.{k}": v for k, v in detector.fit_info_.items()} | {"data.source": data_source})
-        mlflow.log_params({"features": ",".join(detector.schema_.feature_names)[:6000], "device_used": history.device})
+        mlflow.log_params(
+            {f"data.{k}": v for k, v in detector.fit_info_.items()} | {"data.source": data_source}
+        )
+        mlflow.log_params(
+            {
+                "features": ",".join(detector.schema_.feature_names)[:6000],
+                "device_used": history.device,
+            }
+        )
 
         client = MlflowClient()
         epochs = [
@@ -139,24 +152,36 @@ def log_training_run(
                 "train_seconds": history.seconds,
                 "train_samples_per_second": history.samples_per_second,
                 **({"best_val_loss": min(history.val_loss)} if history.val_loss else {}),
-                **{f"calibration_error_p{lv * 100:g}".replace(".", "_"): v for lv, v in quantiles.items()},
+                **{
+                    f"calibration_error_p{lv * 100:g}".replace(".", "_"): v
+                    for lv, v in quantiles.items()
+                },
             }
         )
         with warnings.catch_warnings():
             # mlflow hints that integer columns cannot hold NaN and that a local path could be
             # several source types; neither applies to a dataset record of the training file.
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(training_frame, source=data_source, name=Path(data_source).name or "training")
+            dataset = from_pandas(
+                training_frame, source=data_source, name=Path(data_source).name or "training"
+            )
             mlflow.log_input(dataset, context="training")
 
         _log_figure(
-            plots.score_histogram(thr.calibration_scores_, detector.threshold_, thr.q), "plots/calibration_histogram.png"
+            plots.score_histogram(thr.calibration_scores_, detector.threshold_, thr.q),
+            "plots/calibration_histogram.png",
         )
-        _log_figure(plots.loss_curves(history.train_loss, history.val_loss, history.best_epoch), "plots/loss_curves.png")
+        _log_figure(
+            plots.loss_curves(history.train_loss, history.val_loss, history.best_epoch),
+            "plots/loss_curves.png",
+        )
         sample = training_frame.sample(n=min(len(training_frame), 2000), random_state=0)
         clean = sample[detector.schema_.feature_names].replace([np.inf, -np.inf], np.nan).dropna()
         per_feature = detector.feature_errors(clean).mean(axis=0)
-        _log_figure(plots.feature_error_bars(list(per_feature.index), per_feature.to_numpy()), "plots/feature_errors.png")
+        _log_figure(
+            plots.feature_error_bars(list(per_feature.index), per_feature.to_numpy()),
+            "plots/feature_errors.png",
+        )
         mlflow.log_dict(per_feature.to_dict(), "feature_errors.json")
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -165,7 +190,9 @@ def log_training_run(
             example = clean[detector.schema_.feature_names].head(5).reset_index(drop=True)
             from anomaly.scoring import score_rows
 
-            signature = infer_signature(example, score_rows(detector, example).reset_index(drop=True))
+            signature = infer_signature(
+                example, score_rows(detector, example).reset_index(drop=True)
+            )
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(_PYFUNC_ENTRY),
@@ -187,14 +214,25 @@ def log_training_run(
             client.set_model_version_tag(config.registered_model_name, version, key, value)
     model_uri = f"models:/{config.registered_model_name}/{version}"
     logger.info("registered %s (run %s)", model_uri, run.info.run_id)
-    return RegisteredModel(run.info.run_id, config.registered_model_name, version, model_uri, mlflow.get_tracking_uri())
+    return RegisteredModel(
+        run.info.run_id, config.registered_model_name, version, model_uri, mlflow.get_tracking_uri()
+    )
 
 
 def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for package in ("torch", "numpy", "pandas", "pyarrow", "scikit-learn", "skops", "safetensors", "mlflow"):
+    for package in (
+        "torch",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "scikit-learn",
+        "skops",
+        "safetensors",
+        "mlflow",
+    ):
         try:
             out.append(f"{package}=={version(package).split('+')[0]}")
         except PackageNotFoundError:
@@ -227,14 +265,20 @@ def resolve_model_version(model_uri: str, config: TrackingConfig) -> tuple[str, 
         if version in ("", "latest"):
             versions = client.search_model_versions(f"name='{name}'")
             if not versions:
-                raise ModelNotFoundError(f"{model_uri}: no registered versions of model '{name}' in {config.tracking_uri}")
+                raise ModelNotFoundError(
+                    f"{model_uri}: no registered versions of model '{name}' in {config.tracking_uri}"
+                )
             return name, str(max(int(v.version) for v in versions))
         return name, str(client.get_model_version(name, version).version)
     except MlflowException as exc:
-        raise ModelNotFoundError(f"{model_uri}: not found in {config.tracking_uri} ({exc.message})") from exc
+        raise ModelNotFoundError(
+            f"{model_uri}: not found in {config.tracking_uri} ({exc.message})"
+        ) from exc
 
 
-def load_registered_detector(model_uri: str, config: TrackingConfig, device: str = "auto") -> LoadedModel:
+def load_registered_detector(
+    model_uri: str, config: TrackingConfig, device: str = "auto"
+) -> LoadedModel:
     """Download a registered model's detector files and load them safely (no pyfunc code is run)."""
     from anomaly.detectors import AutoencoderDetector
 
@@ -243,7 +287,9 @@ def load_registered_detector(model_uri: str, config: TrackingConfig, device: str
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=exact))
     detector_dir = local / "artifacts" / "detector"
     if not detector_dir.is_dir():
-        raise ModelFileError(f"{exact}: no detector files in the model artifact (expected artifacts/detector)")
+        raise ModelFileError(
+            f"{exact}: no detector files in the model artifact (expected artifacts/detector)"
+        )
     return LoadedModel(AutoencoderDetector.load(detector_dir, device=device), name, version, exact)
 
 
@@ -260,8 +306,14 @@ def log_scoring_run(
     configure(config)
     with mlflow.start_run(run_name=run_name, tags={"anomaly.run_type": "scoring"}) as run:
         mlflow.log_params(
-            {"model_uri": model.model_uri, "model_name": model.name, "model_version": model.version,
-             "input": input_path, "output": output_path, "rejects": rejects_path or ""}
+            {
+                "model_uri": model.model_uri,
+                "model_name": model.name,
+                "model_version": model.version,
+                "input": input_path,
+                "output": output_path,
+                "rejects": rejects_path or "",
+            }
         )
         scores = batch.scored["anomaly_score"].to_numpy()
         metrics = {
@@ -273,11 +325,20 @@ def log_scoring_run(
             "threshold": model.detector.threshold_,
         }
         if len(scores):
-            metrics |= {f"score_p{lv * 100:g}".replace(".", "_"): float(np.quantile(scores, lv)) for lv in _CALIBRATION_LEVELS}
+            metrics |= {
+                f"score_p{lv * 100:g}".replace(".", "_"): float(np.quantile(scores, lv))
+                for lv in _CALIBRATION_LEVELS
+            }
         mlflow.log_metrics(metrics)
         thr = model.detector.thresholder_
         _log_figure(
-            plots.score_histogram(thr.calibration_scores_, thr.threshold_, thr.q, scores, title="Batch scores vs calibration"),
+            plots.score_histogram(
+                thr.calibration_scores_,
+                thr.threshold_,
+                thr.q,
+                scores,
+                title="Batch scores vs calibration",
+            ),
             "plots/batch_score_histogram.png",
         )
         return run.info.run_id

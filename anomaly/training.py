@@ -42,7 +42,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_for(device: torch.device, mixed_precision: bool | str) -> contextlib.AbstractContextManager:
+def autocast_for(
+    device: torch.device, mixed_precision: bool | str
+) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA when mixed precision is on (``"auto"`` means: on CUDA only)."""
     enabled = device.type == "cuda" and mixed_precision in (True, "auto")
     if not enabled:
@@ -52,7 +54,7 @@ def autocast_for(device: torch.device, mixed_precision: bool | str) -> contextli
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code may still draw from the legacy global RNG
     torch.manual_seed(seed)
 
 
@@ -95,7 +97,9 @@ def to_device_tensor(X: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
-def _batches(n: int, batch_size: int, device: torch.device, shuffle: bool) -> Iterator[torch.Tensor]:
+def _batches(
+    n: int, batch_size: int, device: torch.device, shuffle: bool
+) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, device=device) if shuffle else torch.arange(n, device=device)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
@@ -136,7 +140,9 @@ def train_autoencoder(
     module.to(device)
     train = to_device_tensor(X_train, device)
     val = to_device_tensor(X_val, device) if X_val is not None and len(X_val) else None
-    optimizer = torch.optim.Adam(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(
+        module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     # A final batch of one row breaks batch norm and gives a noisy step; it is skipped (the rows
     # are reshuffled every epoch, so no row is left out for good).
     batch_size = min(config.batch_size, len(train))
@@ -167,7 +173,11 @@ def train_autoencoder(
             train_losses.append(float(total) / max(count, 1))
             watched = train_losses[-1]
             if val is not None:
-                val_losses.append(evaluate_loss(module, objective, val, batch_size, device, config.mixed_precision))
+                val_losses.append(
+                    evaluate_loss(
+                        module, objective, val, batch_size, device, config.mixed_precision
+                    )
+                )
                 watched = val_losses[-1]
             if not math.isfinite(watched):
                 raise FloatingPointError(
@@ -178,7 +188,9 @@ def train_autoencoder(
                 best_state = copy.deepcopy(module.state_dict())
             else:
                 waited += 1
-            shown = f"train {train_losses[-1]:.4g}" + (f" val {val_losses[-1]:.4g}" if val_losses else "")
+            shown = f"train {train_losses[-1]:.4g}" + (
+                f" val {val_losses[-1]:.4g}" if val_losses else ""
+            )
             progress.update(task, advance=1, losses=shown)
             logger.debug("epoch %d: %s", epoch, shown)
             if waited >= config.patience:
@@ -189,7 +201,11 @@ def train_autoencoder(
     seconds = time.perf_counter() - started
     logger.info(
         "trained %d epochs on %s in %.1fs (best epoch %d, %s)",
-        len(train_losses), device, seconds, best_epoch, "stopped early" if stopped_early else "ran all epochs",
+        len(train_losses),
+        device,
+        seconds,
+        best_epoch,
+        "stopped early" if stopped_early else "ran all epochs",
     )
     return TrainingHistory(
         train_loss=tuple(train_losses),

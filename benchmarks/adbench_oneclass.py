@@ -48,7 +48,9 @@ def metrics(y_test: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> dict
     }
 
 
-def run_iforest(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int) -> dict[str, float]:
+def run_iforest(
+    X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int
+) -> dict[str, float]:
     rng = np.random.default_rng(seed + 1000)
     order = rng.permutation(train)
     n_cal = round(0.2 * len(order))
@@ -60,14 +62,18 @@ def run_iforest(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarra
     return metrics(y[test], scores, threshold.predict(scores))
 
 
-def run_autoencoder(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int, **params) -> dict[str, float]:
+def run_autoencoder(
+    X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int, **params
+) -> dict[str, float]:
     det = AutoencoderDetector(random_state=seed, verbose=False, **params)
     det.fit(X[train], quantile=0.95, calibration_fraction=0.2, validation_fraction=0.1)
     scores = det.score_samples(X[test])
     return metrics(y[test], scores, scores > det.threshold_)
 
 
-def run_pyod(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int) -> dict[str, float]:
+def run_pyod(
+    X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int
+) -> dict[str, float]:
     from pyod.models.auto_encoder import AutoEncoder
 
     rng = np.random.default_rng(seed + 1000)
@@ -83,15 +89,25 @@ def run_pyod(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", type=Path, default=Path(os.environ.get("ANOMALY_DATASETS", DEFAULT_DIR)))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--datasets", type=Path, default=Path(os.environ.get("ANOMALY_DATASETS", DEFAULT_DIR))
+    )
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--pyod", action="store_true", help="also run PyOD's AutoEncoder (pip install pyod==3.6.7)")
-    parser.add_argument("--only", nargs="*", default=None, help="dataset names to run (default: all five)")
+    parser.add_argument(
+        "--pyod", action="store_true", help="also run PyOD's AutoEncoder (pip install pyod==3.6.7)"
+    )
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="dataset names to run (default: all five)"
+    )
     args = parser.parse_args()
     folder = args.datasets / "adbench"
     if not folder.is_dir():
-        raise SystemExit(f"{folder}: ADBench files not found; pass --datasets or set ANOMALY_DATASETS")
+        raise SystemExit(
+            f"{folder}: ADBench files not found; pass --datasets or set ANOMALY_DATASETS"
+        )
 
     methods = {"iforest": run_iforest, "autoencoder": run_autoencoder}
     if args.pyod:
@@ -106,11 +122,26 @@ def main() -> None:
             for method, fn in methods.items():
                 t0 = time.perf_counter()
                 result = fn(X, y, train, test, seed)
-                rows.append({"dataset": name, "seed": seed, "method": method, **result, "seconds": time.perf_counter() - t0})
-                print(f"{name:14s} seed {seed} {method:12s} auroc {result['auroc']:.3f} aupr {result['aupr']:.3f} "
-                      f"fpr@thr {result['fpr']:.3f} ({rows[-1]['seconds']:.1f}s)", flush=True)
+                rows.append(
+                    {
+                        "dataset": name,
+                        "seed": seed,
+                        "method": method,
+                        **result,
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
+                print(
+                    f"{name:14s} seed {seed} {method:12s} auroc {result['auroc']:.3f} aupr {result['aupr']:.3f} "
+                    f"fpr@thr {result['fpr']:.3f} ({rows[-1]['seconds']:.1f}s)",
+                    flush=True,
+                )
     table = pd.DataFrame(rows)
-    summary = table.groupby(["dataset", "method"])[["auroc", "aupr", "fpr", "seconds"]].mean().unstack("method")
+    summary = (
+        table.groupby(["dataset", "method"])[["auroc", "aupr", "fpr", "seconds"]]
+        .mean()
+        .unstack("method")
+    )
     pd.set_option("display.width", 200)
     print("\nMean over seeds:")
     print(summary.round(3).to_string())

@@ -27,8 +27,13 @@ def make_data(rows: int, width: int = 32, seed: int = 0) -> np.ndarray:
 
 def measure(device: str, X: np.ndarray, epochs: int, batch_size: int) -> dict[str, float]:
     det = AutoencoderDetector(
-        hidden_layers=(64,), latent_dim=16, epochs=epochs, batch_size=batch_size, patience=epochs + 1,
-        device=device, verbose=False,
+        hidden_layers=(64,),
+        latent_dim=16,
+        epochs=epochs,
+        batch_size=batch_size,
+        patience=epochs + 1,
+        device=device,
+        verbose=False,
     )
     det.fit(X, validation_fraction=0.0, calibration_fraction=0.05)
     det.score_samples(X[:10_000])  # warm-up
@@ -43,7 +48,9 @@ def measure(device: str, X: np.ndarray, epochs: int, batch_size: int) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -52,14 +59,25 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = {}
     for device in devices:
-        measure(device, X[:20_000], 1, args.batch_size)  # warm-up: CUDA context, kernels, thread pools
+        measure(
+            device, X[:20_000], 1, args.batch_size
+        )  # warm-up: CUDA context, kernels, thread pools
         results[device] = measure(device, X, args.epochs, args.batch_size)
-        name = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} CPU threads"
-        print(f"{device:5s} ({name}): train {results[device]['train']:,.0f} samples/s, "
-              f"score_samples {results[device]['score']:,.0f} rows/s", flush=True)
+        name = (
+            torch.cuda.get_device_name()
+            if device == "cuda"
+            else f"{torch.get_num_threads()} CPU threads"
+        )
+        print(
+            f"{device:5s} ({name}): train {results[device]['train']:,.0f} samples/s, "
+            f"score_samples {results[device]['score']:,.0f} rows/s",
+            flush=True,
+        )
     if "cuda" in results:
-        print(f"cuda/cpu ratio: train {results['cuda']['train'] / results['cpu']['train']:.1f}x, "
-              f"score {results['cuda']['score'] / results['cpu']['score']:.1f}x")
+        print(
+            f"cuda/cpu ratio: train {results['cuda']['train'] / results['cpu']['train']:.1f}x, "
+            f"score {results['cuda']['score'] / results['cpu']['score']:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,12 @@ from anomaly.data.synthetic import make_sensor_table
 
 def generate(out: Path, rows: int = 6000) -> list[Path]:
     train = make_sensor_table(rows, anomaly_fraction=0.0, seed=1)
-    batch1 = make_sensor_table(rows // 3, anomaly_fraction=0.05, seed=2, start="2026-02-01", first_id=rows)
-    batch2 = make_sensor_table(rows // 3, anomaly_fraction=0.05, seed=3, start="2026-03-01", first_id=rows + rows // 3)
+    batch1 = make_sensor_table(
+        rows // 3, anomaly_fraction=0.05, seed=2, start="2026-02-01", first_id=rows
+    )
+    batch2 = make_sensor_table(
+        rows // 3, anomaly_fraction=0.05, seed=3, start="2026-03-01", first_id=rows + rows // 3
+    )
     # Real feeds drop readings: a few rows the pipeline must set aside with a reason, not lose.
     gaps = np.random.default_rng(4).choice(len(batch2), size=5, replace=False)
     batch2.loc[gaps[:3], "pressure"] = np.nan
@@ -35,7 +39,9 @@ def generate(out: Path, rows: int = 6000) -> list[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--rows", type=int, default=6000)
     args = parser.parse_args()

@@ -62,7 +62,11 @@ def main() -> None:
     console.print(table)
     top = joined.nlargest(5, "anomaly_score")
     console.print("Most anomalous rows (top_feature says which sensor broke most):")
-    console.print(top[["reading_id", "anomaly_score", "p_value", "top_feature", "injected_anomaly"]].to_string(index=False))
+    console.print(
+        top[
+            ["reading_id", "anomaly_score", "p_value", "top_feature", "injected_anomaly"]
+        ].to_string(index=False)
+    )
 
 
 if __name__ == "__main__":

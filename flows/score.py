@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -24,28 +22,37 @@ def score_data(model: LoadedModel, data: str) -> ScoredBatch:
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def write(batch: ScoredBatch, output: str, rejects: Optional[str]) -> tuple[str, str]:
+def write(batch: ScoredBatch, output: str, rejects: str | None) -> tuple[str, str]:
     out, rej = write_outputs(batch, output, rejects)
     return str(out), str(rej)
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def log_batch(batch: ScoredBatch, model: LoadedModel, data: str, output: str, rejects: str, tracking: TrackingConfig) -> str:
+def log_batch(
+    batch: ScoredBatch,
+    model: LoadedModel,
+    data: str,
+    output: str,
+    rejects: str,
+    tracking: TrackingConfig,
+) -> str:
     return log_scoring_run(batch, model, data, output, rejects, tracking)
 
 
 @flow(name="anomaly-score", log_prints=True)
 def score_flow(
     data: str = "data/incoming",
-    model_uri: Optional[str] = None,
+    model_uri: str | None = None,
     output: str = "outputs/scores.parquet",
-    rejects: Optional[str] = None,
-    tracking_config: Optional[str] = None,
+    rejects: str | None = None,
+    tracking_config: str | None = None,
     device: str = "auto",
 ) -> ScoreResult:
     """Score every Parquet file under ``data`` with ``model_uri`` (default: latest registered version)."""
     tracking = TrackingConfig.load(tracking_config)
-    model = load_model(model_uri or f"models:/{tracking.registered_model_name}/latest", tracking, device)
+    model = load_model(
+        model_uri or f"models:/{tracking.registered_model_name}/latest", tracking, device
+    )
     batch = score_data(model, data)
     out, rej = write(batch, output, rejects)
     run_id = log_batch(batch, model, data, out, rej, tracking)
@@ -69,7 +76,10 @@ def score_flow(
             {"item": "rows in", "value": result.rows_in},
             {"item": "rows scored", "value": result.rows_scored},
             {"item": "rows rejected", "value": result.rows_rejected},
-            {"item": "anomalies flagged", "value": f"{result.rows_flagged} ({batch.anomaly_rate:.1%})"},
+            {
+                "item": "anomalies flagged",
+                "value": f"{result.rows_flagged} ({batch.anomaly_rate:.1%})",
+            },
             {"item": "output", "value": out},
             {"item": "rejects", "value": rej},
         ],

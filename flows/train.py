@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
@@ -28,7 +26,11 @@ def fit(frame: pd.DataFrame, settings: TrainSettings) -> AutoencoderDetector:
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def log_and_register(
-    detector: AutoencoderDetector, frame: pd.DataFrame, data: str, tracking: TrackingConfig, run_name: Optional[str]
+    detector: AutoencoderDetector,
+    frame: pd.DataFrame,
+    data: str,
+    tracking: TrackingConfig,
+    run_name: str | None,
 ) -> RegisteredModel:
     return log_training_run(detector, frame, data, tracking, run_name=run_name)
 
@@ -36,11 +38,12 @@ def log_and_register(
 @flow(name="anomaly-train", log_prints=True)
 def train_flow(
     data: str = "data/sensors_train.parquet",
-    settings: TrainSettings = TrainSettings(),
-    tracking_config: Optional[str] = None,
-    run_name: Optional[str] = None,
+    settings: TrainSettings | None = None,
+    tracking_config: str | None = None,
+    run_name: str | None = None,
 ) -> RegisteredModel:
     """Fit an autoencoder on normal data, calibrate its threshold, log to MLflow and register a version."""
+    settings = settings or TrainSettings()
     tracking = TrackingConfig.load(tracking_config)
     frame = load_normal_data(data)
     detector = fit(frame, settings)
@@ -52,8 +55,14 @@ def train_flow(
             {"item": "threshold", "value": f"{detector.threshold_:.6g} (q={settings.quantile})"},
             {"item": "training rows", "value": len(frame)},
             {"item": "rows set aside (NaN/inf)", "value": detector.fit_info_["n_rejected"]},
-            {"item": "fit / validation / calibration", "value": "{n_fit} / {n_validation} / {n_calibration}".format(**detector.fit_info_)},
-            {"item": "epochs run (best)", "value": f"{len(detector.history_.train_loss)} ({detector.history_.best_epoch})"},
+            {
+                "item": "fit / validation / calibration",
+                "value": "{n_fit} / {n_validation} / {n_calibration}".format(**detector.fit_info_),
+            },
+            {
+                "item": "epochs run (best)",
+                "value": f"{len(detector.history_.train_loss)} ({detector.history_.best_epoch})",
+            },
             {"item": "MLflow run", "value": model.run_id},
         ],
         description=f"Training run for `{model.model_uri}` on `{data}`",

@@ -12,7 +12,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from anomaly.data.synthetic import make_sensor_table  # noqa: E402
+from anomaly.data.synthetic import make_sensor_table
 
 KEYS = ["reading_id", "timestamp"]
 # Small and fast: enough epochs to learn the sensor correlations on 2 CPU cores.
@@ -38,7 +38,9 @@ def incoming_table() -> pd.DataFrame:
 def fitted_detector(normal_table):
     from anomaly import AutoencoderDetector
 
-    return AutoencoderDetector(categorical_columns=["machine_type"], key_columns=KEYS, **FAST).fit(normal_table)
+    return AutoencoderDetector(categorical_columns=["machine_type"], key_columns=KEYS, **FAST).fit(
+        normal_table
+    )
 
 
 @pytest.fixture

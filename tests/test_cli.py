@@ -25,7 +25,16 @@ def workdir(tmp_path, monkeypatch, normal_table, incoming_table):
 def test_train_and_score_commands(workdir, incoming_table):
     trained = runner.invoke(
         app,
-        ["train", "train.parquet", "--categorical", "machine_type", "--keys", "reading_id,timestamp", "--epochs", "5"],
+        [
+            "train",
+            "train.parquet",
+            "--categorical",
+            "machine_type",
+            "--keys",
+            "reading_id,timestamp",
+            "--epochs",
+            "5",
+        ],
     )
     assert trained.exit_code == 0, trained.output
     assert "cli-model version 1" in trained.output
@@ -42,6 +51,8 @@ def test_errors_are_one_clear_line_and_exit_code_2(workdir):
     assert missing.exit_code == 2
     assert "nope.parquet: no such file or directory" in missing.output
     assert "Traceback" not in missing.output
-    unknown = runner.invoke(app, ["score", "incoming", "--output", "o.parquet", "--model-uri", "models:/ghost/3"])
+    unknown = runner.invoke(
+        app, ["score", "incoming", "--output", "o.parquet", "--model-uri", "models:/ghost/3"]
+    )
     assert unknown.exit_code == 2
     assert "models:/ghost/3: not found" in unknown.output

@@ -12,12 +12,16 @@ from tests.conftest import FAST, KEYS
 
 
 def test_fit_returns_self_and_sets_fitted_attributes(normal_table):
-    det = AutoencoderDetector(categorical_columns=["machine_type"], key_columns=KEYS, epochs=2, verbose=False)
+    det = AutoencoderDetector(
+        categorical_columns=["machine_type"], key_columns=KEYS, epochs=2, verbose=False
+    )
     assert det.fit(normal_table) is det
     assert det.n_features_in_ == 9
     assert det.feature_names_in_[-1] == "machine_type"
     assert det.threshold_ == det.thresholder_.threshold_ > 0
-    assert det.fit_info_["n_fit"] + det.fit_info_["n_validation"] + det.fit_info_["n_calibration"] == len(normal_table)
+    assert det.fit_info_["n_fit"] + det.fit_info_["n_validation"] + det.fit_info_[
+        "n_calibration"
+    ] == len(normal_table)
 
 
 def test_init_only_stores_parameters():
@@ -27,14 +31,18 @@ def test_init_only_stores_parameters():
     assert clone(det).get_params() == det.get_params()
 
 
-@pytest.mark.parametrize("method", ["score_samples", "predict", "p_values", "feature_errors", "latent"])
+@pytest.mark.parametrize(
+    "method", ["score_samples", "predict", "p_values", "feature_errors", "latent"]
+)
 def test_methods_before_fit_raise_not_fitted(method, normal_table):
     with pytest.raises(NotFittedError, match="not fitted"):
         getattr(AutoencoderDetector(), method)(normal_table)
 
 
 def test_calibration_rows_are_never_trained_on(normal_table):
-    det = AutoencoderDetector(epochs=1, verbose=False).fit(normal_table, validation_fraction=0.15, calibration_fraction=0.25)
+    det = AutoencoderDetector(epochs=1, verbose=False).fit(
+        normal_table, validation_fraction=0.15, calibration_fraction=0.25
+    )
     split = det.split_index_
     assert len(split["calibration"]) == round(0.25 * len(normal_table))
     assert len(split["validation"]) == round(0.15 * len(normal_table))
@@ -50,13 +58,17 @@ def test_output_shapes_and_types(fitted_detector, incoming_table):
     assert ((p > 0) & (p <= 1)).all()
     errors = fitted_detector.feature_errors(incoming_table)
     assert errors.shape == (n, 9) and list(errors.columns)[-1] == "machine_type"
-    np.testing.assert_allclose(errors.sum(axis=1) / fitted_detector.preprocessor_.n_outputs, scores, rtol=1e-5)
+    np.testing.assert_allclose(
+        errors.sum(axis=1) / fitted_detector.preprocessor_.n_outputs, scores, rtol=1e-5
+    )
     assert fitted_detector.latent(incoming_table).shape[0] == n
 
 
 def test_predict_is_score_above_threshold(fitted_detector, incoming_table):
     scores = fitted_detector.score_samples(incoming_table)
-    np.testing.assert_array_equal(fitted_detector.predict(incoming_table), scores > fitted_detector.threshold_)
+    np.testing.assert_array_equal(
+        fitted_detector.predict(incoming_table), scores > fitted_detector.threshold_
+    )
 
 
 def test_quality_floor_on_planted_anomalies(fitted_detector, incoming_table):
@@ -70,7 +82,9 @@ def test_quality_floor_on_planted_anomalies(fitted_detector, incoming_table):
 def test_save_load_gives_identical_scores(tmp_path, fitted_detector, incoming_table):
     fitted_detector.save(tmp_path / "model")
     loaded = AutoencoderDetector.load(tmp_path / "model")
-    np.testing.assert_array_equal(loaded.score_samples(incoming_table), fitted_detector.score_samples(incoming_table))
+    np.testing.assert_array_equal(
+        loaded.score_samples(incoming_table), fitted_detector.score_samples(incoming_table)
+    )
     assert loaded.threshold_ == fitted_detector.threshold_
     assert loaded.get_params() == fitted_detector.get_params()
 
@@ -99,9 +113,13 @@ def test_nan_rows_in_score_samples_raise_with_row_and_column(fitted_detector, in
 def test_fit_sets_aside_nan_rows_under_reject_policy(normal_table):
     holed = normal_table.copy()
     holed.loc[:9, "pressure"] = np.nan
-    det = AutoencoderDetector(categorical_columns=["machine_type"], epochs=1, verbose=False).fit(holed)
+    det = AutoencoderDetector(categorical_columns=["machine_type"], epochs=1, verbose=False).fit(
+        holed
+    )
     assert det.fit_info_["n_rejected"] == 10
-    imputed = AutoencoderDetector(categorical_columns=["machine_type"], nan_policy="impute", epochs=1, verbose=False).fit(holed)
+    imputed = AutoencoderDetector(
+        categorical_columns=["machine_type"], nan_policy="impute", epochs=1, verbose=False
+    ).fit(holed)
     assert imputed.fit_info_["n_rejected"] == 0
     assert np.isfinite(imputed.score_samples(holed)).all()
 
@@ -129,7 +147,9 @@ def test_every_variant_detects_planted_anomalies(options, normal_table, incoming
     assert np.isfinite(scores).all()
     assert roc_auc_score(incoming_table[LABEL_COLUMN] != "none", scores) > 0.85
     det.save(tmp_path / "m")
-    np.testing.assert_array_equal(AutoencoderDetector.load(tmp_path / "m").score_samples(incoming_table), scores)
+    np.testing.assert_array_equal(
+        AutoencoderDetector.load(tmp_path / "m").score_samples(incoming_table), scores
+    )
 
 
 @pytest.mark.parametrize(
@@ -150,7 +170,9 @@ def test_too_small_calibration_set_is_refused(normal_table):
     from anomaly import CalibrationError
 
     with pytest.raises(CalibrationError, match="needs at least 19 calibration samples, got 10"):
-        AutoencoderDetector(epochs=1, verbose=False).fit(normal_table.head(50), calibration_fraction=0.2)
+        AutoencoderDetector(epochs=1, verbose=False).fit(
+            normal_table.head(50), calibration_fraction=0.2
+        )
 
 
 def test_bad_split_fractions_are_refused(normal_table):

@@ -33,7 +33,8 @@ def test_overwrite_is_atomic_and_leaves_no_temporaries(saved, fitted_detector, i
     fitted_detector.save(saved)
     assert [p.name for p in saved.parent.iterdir()] == ["model"]
     np.testing.assert_array_equal(
-        AutoencoderDetector.load(saved).score_samples(incoming_table), fitted_detector.score_samples(incoming_table)
+        AutoencoderDetector.load(saved).score_samples(incoming_table),
+        fitted_detector.score_samples(incoming_table),
     )
 
 
@@ -81,5 +82,5 @@ def test_torch_weights_load_with_weights_only(tmp_path):
 
     # An arbitrary object in the file: what a malicious checkpoint would carry.
     torch.save({"obj": __import__("collections").OrderedDict, "fn": print}, tmp_path / "evil.pt")
-    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+    with pytest.raises(Exception, match=r"[Ww]eights only load failed"):
         torch_load_weights(tmp_path / "evil.pt")

@@ -25,7 +25,9 @@ def test_score_files_keeps_every_row_and_names_the_source(fitted_detector, landi
     assert batch.n_rows == len(incoming_table)
     assert batch.n_rejected == 4
     assert batch.rejected["source_file"].str.endswith("b.parquet").all()
-    assert sorted([*batch.scored["reading_id"], *batch.rejected["reading_id"]]) == sorted(incoming_table["reading_id"])
+    assert sorted([*batch.scored["reading_id"], *batch.rejected["reading_id"]]) == sorted(
+        incoming_table["reading_id"]
+    )
 
 
 def test_schema_error_names_the_file(fitted_detector, landing):
@@ -43,12 +45,18 @@ def test_outputs_are_written_beside_each_other(tmp_path, fitted_detector, landin
     assert "reason" in pd.read_parquet(rej).columns
 
 
-def test_train_then_score_through_mlflow(tmp_path, normal_table, landing, tracking_config, incoming_table):
+def test_train_then_score_through_mlflow(
+    tmp_path, normal_table, landing, tracking_config, incoming_table
+):
     write_parquet_atomic(normal_table, tmp_path / "train.parquet")
-    settings = TrainSettings(detector={**FAST, "epochs": 5, "categorical_columns": ["machine_type"], "key_columns": KEYS})
+    settings = TrainSettings(
+        detector={**FAST, "epochs": 5, "categorical_columns": ["machine_type"], "key_columns": KEYS}
+    )
     trained = train(str(tmp_path / "train.parquet"), settings, tracking_config)
     assert trained.model.version == "1" and trained.n_rows == len(normal_table)
-    result = score(str(landing), "models:/test-detector/latest", str(tmp_path / "s.parquet"), tracking_config)
+    result = score(
+        str(landing), "models:/test-detector/latest", str(tmp_path / "s.parquet"), tracking_config
+    )
     assert (result.rows_in, result.rows_rejected) == (len(incoming_table), 4)
     assert result.rows_scored + result.rows_rejected == result.rows_in
     assert pd.read_parquet(result.output)["model_version"].eq("1").all()

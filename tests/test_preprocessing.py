@@ -13,7 +13,11 @@ from anomaly.preprocessing import TabularPreprocessor
 @pytest.fixture
 def table():
     return pd.DataFrame(
-        {"a": [1.0, 2.0, 3.0, 10.0], "b": [5.0, 5.0, 6.0, 6.0], "kind": pd.Series(["x", "y", "x", "z"], dtype="string")}
+        {
+            "a": [1.0, 2.0, 3.0, 10.0],
+            "b": [5.0, 5.0, 6.0, 6.0],
+            "kind": pd.Series(["x", "y", "x", "z"], dtype="string"),
+        }
     )
 
 

@@ -42,7 +42,10 @@ def test_reject_policy_keeps_row_counts_whole(fitted_detector, incoming_table):
     batch = score_frame(fitted_detector, with_holes(incoming_table), "m", "3", source="in.parquet")
     assert batch.n_scored + batch.n_rejected == len(incoming_table)
     assert batch.n_rejected == 3
-    assert batch.rejected["reading_id"].tolist() == incoming_table["reading_id"].iloc[[3, 7, 9]].tolist()
+    assert (
+        batch.rejected["reading_id"].tolist()
+        == incoming_table["reading_id"].iloc[[3, 7, 9]].tolist()
+    )
     assert batch.rejected["reason"].tolist() == [
         "missing or non-finite value in pressure",
         "missing or non-finite value in rpm",
@@ -50,8 +53,15 @@ def test_reject_policy_keeps_row_counts_whole(fitted_detector, incoming_table):
     ]
     assert (batch.rejected["source_file"] == "in.parquet").all()
     assert list(batch.scored.columns) == [
-        *KEYS, "anomaly_score", "p_value", "is_anomaly", "threshold", "model_name", "model_version",
-        "top_feature", "top_feature_share",
+        *KEYS,
+        "anomaly_score",
+        "p_value",
+        "is_anomaly",
+        "threshold",
+        "model_name",
+        "model_version",
+        "top_feature",
+        "top_feature_share",
     ]
     assert batch.scored["model_version"].eq("3").all()
     assert batch.scored["is_anomaly"].sum() == batch.n_flagged
@@ -72,7 +82,9 @@ def test_score_rows_is_aligned_with_input(fitted_detector, incoming_table):
     rows = score_rows(fitted_detector, shuffled)
     assert rows.index.equals(shuffled.index)
     clean = shuffled[rows["reject_reason"] == ""]
-    np.testing.assert_allclose(rows.loc[clean.index, "anomaly_score"], fitted_detector.score_samples(clean))
+    np.testing.assert_allclose(
+        rows.loc[clean.index, "anomaly_score"], fitted_detector.score_samples(clean)
+    )
     assert rows["anomaly_score"].isna().sum() == 3
 
 
@@ -86,4 +98,6 @@ def test_top_feature_points_at_the_broken_sensor(fitted_detector, normal_table):
 
 def test_missing_key_column_names_column_and_file(fitted_detector, incoming_table):
     with pytest.raises(SchemaError, match=r"batch\.parquet: missing key column 'timestamp'"):
-        score_frame(fitted_detector, incoming_table.drop(columns="timestamp"), source="batch.parquet")
+        score_frame(
+            fitted_detector, incoming_table.drop(columns="timestamp"), source="batch.parquet"
+        )

@@ -17,7 +17,10 @@ def test_minimum_calibration_size(q, needed):
     assert min_calibration_size(q) == needed
     QuantileThreshold(q).fit(np.arange(needed, dtype=float))
     if needed > 1:
-        with pytest.raises(CalibrationError, match=f"quantile {q} needs at least {needed} calibration samples, got {needed - 1}"):
+        with pytest.raises(
+            CalibrationError,
+            match=f"quantile {q} needs at least {needed} calibration samples, got {needed - 1}",
+        ):
             QuantileThreshold(q).fit(np.arange(needed - 1, dtype=float))
 
 
@@ -34,7 +37,9 @@ def test_quantile_outside_unit_interval_is_refused():
 def test_p_values_by_hand():
     thr = QuantileThreshold(0.5).fit(np.array([1.0, 2.0, 3.0, 4.0]))
     # p = (1 + #{cal >= s}) / (n + 1)
-    np.testing.assert_allclose(thr.p_values(np.array([0.0, 2.0, 2.5, 10.0])), [1.0, 4 / 5, 3 / 5, 1 / 5])
+    np.testing.assert_allclose(
+        thr.p_values(np.array([0.0, 2.0, 2.5, 10.0])), [1.0, 4 / 5, 3 / 5, 1 / 5]
+    )
 
 
 def test_p_values_are_uniform_on_fresh_normal_data(rng):

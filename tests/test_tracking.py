@@ -6,15 +6,24 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from anomaly import ModelNotFoundError, score_frame
-from anomaly.tracking import TrackingConfig, load_registered_detector, log_scoring_run, log_training_run
+from anomaly.tracking import (
+    TrackingConfig,
+    load_registered_detector,
+    log_scoring_run,
+    log_training_run,
+)
 
 
 @pytest.fixture
 def registered(fitted_detector, normal_table, tracking_config):
-    return log_training_run(fitted_detector, normal_table, "data/train.parquet", tracking_config, run_name="t1")
+    return log_training_run(
+        fitted_detector, normal_table, "data/train.parquet", tracking_config, run_name="t1"
+    )
 
 
-def test_training_run_logs_params_metrics_plots_and_dataset(registered, fitted_detector, tracking_config):
+def test_training_run_logs_params_metrics_plots_and_dataset(
+    registered, fitted_detector, tracking_config
+):
     client = MlflowClient(tracking_config.tracking_uri)
     run = client.get_run(registered.run_id)
     assert run.data.params["model"] == "dense"
@@ -27,8 +36,15 @@ def test_training_run_logs_params_metrics_plots_and_dataset(registered, fitted_d
     losses = client.get_metric_history(registered.run_id, "train_loss")
     assert [m.step for m in losses] == list(range(1, len(fitted_detector.history_.train_loss) + 1))
     plots = {a.path for a in client.list_artifacts(registered.run_id, "plots")}
-    assert plots == {"plots/calibration_histogram.png", "plots/loss_curves.png", "plots/feature_errors.png"}
-    assert run.inputs.dataset_inputs[0].dataset.source.endswith("data/train.parquet") or "train.parquet" in run.inputs.dataset_inputs[0].dataset.source
+    assert plots == {
+        "plots/calibration_histogram.png",
+        "plots/loss_curves.png",
+        "plots/feature_errors.png",
+    }
+    assert (
+        run.inputs.dataset_inputs[0].dataset.source.endswith("data/train.parquet")
+        or "train.parquet" in run.inputs.dataset_inputs[0].dataset.source
+    )
 
 
 def test_model_is_registered_with_tags(registered, fitted_detector, tracking_config):
@@ -45,11 +61,15 @@ def test_pyfunc_scores_a_dataframe(registered, fitted_detector, incoming_table, 
     features = incoming_table[fitted_detector.schema_.feature_names]
     out = model.predict(features)
     assert len(out) == len(features)
-    np.testing.assert_allclose(out["anomaly_score"], fitted_detector.score_samples(features), rtol=1e-6)
+    np.testing.assert_allclose(
+        out["anomaly_score"], fitted_detector.score_samples(features), rtol=1e-6
+    )
     assert out["is_anomaly"].dtype == bool
 
 
-def test_registry_load_is_identical_and_resolves_latest(registered, fitted_detector, incoming_table, tracking_config):
+def test_registry_load_is_identical_and_resolves_latest(
+    registered, fitted_detector, incoming_table, tracking_config
+):
     loaded = load_registered_detector("models:/test-detector/latest", tracking_config)
     assert (loaded.name, loaded.version) == ("test-detector", "1")
     np.testing.assert_array_equal(
@@ -67,7 +87,9 @@ def test_scoring_run_logs_counts(registered, incoming_table, tracking_config):
     holed = incoming_table.copy()
     holed.loc[0, "rpm"] = np.nan
     batch = score_frame(loaded.detector, holed, loaded.name, loaded.version)
-    run_id = log_scoring_run(batch, loaded, "in.parquet", "out.parquet", "rej.parquet", tracking_config)
+    run_id = log_scoring_run(
+        batch, loaded, "in.parquet", "out.parquet", "rej.parquet", tracking_config
+    )
     metrics = MlflowClient(tracking_config.tracking_uri).get_run(run_id).data.metrics
     assert metrics["rows_in"] == len(holed)
     assert metrics["rows_rejected"] == 1

@@ -24,9 +24,13 @@ def test_loss_falls_and_best_epoch_is_kept(rng):
 
 
 def test_early_stopping_stops_before_max_epochs(rng):
-    X = rng.normal(size=(200, 4)).astype(np.float32)  # pure noise: nothing to learn after a few epochs
+    X = rng.normal(size=(200, 4)).astype(
+        np.float32
+    )  # pure noise: nothing to learn after a few epochs
     module = DenseAutoencoder(DenseConfig(4, (8,), 1))
-    config = TrainingConfig(epochs=500, batch_size=50, patience=3, learning_rate=1e-2, progress=False)
+    config = TrainingConfig(
+        epochs=500, batch_size=50, patience=3, learning_rate=1e-2, progress=False
+    )
     history = train_autoencoder(module, Objective(), X[:150], X[150:], config)
     assert history.stopped_early
     assert len(history.train_loss) < 500
@@ -39,7 +43,13 @@ def test_same_seed_same_weights(rng):
     def run():
         torch.manual_seed(0)
         module = DenseAutoencoder(DenseConfig(6, (8,), 2))
-        train_autoencoder(module, Objective(noise="gaussian"), X, None, TrainingConfig(epochs=3, seed=7, progress=False))
+        train_autoencoder(
+            module,
+            Objective(noise="gaussian"),
+            X,
+            None,
+            TrainingConfig(epochs=3, seed=7, progress=False),
+        )
         return module.state_dict()
 
     first, second = run(), run()
@@ -55,7 +65,11 @@ def test_diverging_loss_is_a_clear_error():
 
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    expected = (
+        "cuda"
+        if torch.cuda.is_available()
+        else ("mps" if torch.backends.mps.is_available() else "cpu")
+    )
     assert resolve_device("auto").type == expected
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
@@ -69,4 +83,6 @@ def test_inference_in_batches_matches_one_pass(rng):
     with torch.no_grad():
         want = module(torch.from_numpy(X)).x_hat.numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert infer_in_batches(lambda b: module(b).x_hat, module, X[:0], 10, torch.device("cpu")).shape == (0, 6)
+    assert infer_in_batches(
+        lambda b: module(b).x_hat, module, X[:0], 10, torch.device("cpu")
+    ).shape == (0, 6)

@@ -34,7 +34,9 @@ def list_parquet_files(source: str | os.PathLike[str]) -> list[Path]:
     elif glob.has_magic(text):
         files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
     else:
-        raise DataFileError(f"{text}: no such file or directory (expected a Parquet file, a directory or a glob)")
+        raise DataFileError(
+            f"{text}: no such file or directory (expected a Parquet file, a directory or a glob)"
+        )
     if not files:
         raise DataFileError(f"{text}: no Parquet files found (looked for *.parquet)")
     return files
@@ -54,19 +56,23 @@ def read_table(source: str | os.PathLike[str]) -> pd.DataFrame:
     compatible types), otherwise the error names the file that does not fit.
     """
     files = list_parquet_files(source)
-    tables = []
+    tables: list[pa.Table] = []
     for path in files:
         table = _read_one(path)
         if tables:
             try:
                 pa.unify_schemas([tables[0].schema, table.schema], promote_options="permissive")
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise DataFileError(
-                    f"{path}: columns do not match {files[0]} ({exc})"
-                ) from exc
+                raise DataFileError(f"{path}: columns do not match {files[0]} ({exc})") from exc
         tables.append(table)
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    logger.info("read %d rows x %d columns from %d file(s) at %s", table.num_rows, table.num_columns, len(files), source)
+    logger.info(
+        "read %d rows x %d columns from %d file(s) at %s",
+        table.num_rows,
+        table.num_columns,
+        len(files),
+        source,
+    )
     return table.to_pandas()
 
 

@@ -42,8 +42,10 @@ def _is_numeric_dtype(dtype: Any) -> bool:
 
 def _looks_like_id(series: pd.Series) -> bool:
     return bool(
-        ptypes.is_integer_dtype(series.dtype) and len(series) > 10
-        and series.is_monotonic_increasing and series.is_unique
+        ptypes.is_integer_dtype(series.dtype)
+        and len(series) > 10
+        and series.is_monotonic_increasing
+        and series.is_unique
     )
 
 
@@ -59,7 +61,9 @@ def as_frame(X: Any, n_columns_expected: int | None = None) -> pd.DataFrame:
         return X
     array = np.asarray(X)
     if array.ndim != 2:
-        raise SchemaError(f"expected a 2-D array (n_samples, n_features), found shape {array.shape}")
+        raise SchemaError(
+            f"expected a 2-D array (n_samples, n_features), found shape {array.shape}"
+        )
     return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
 
 
@@ -110,15 +114,22 @@ class TableSchema:
         for column in [*keys, *categorical, *(feature_columns or [])]:
             if column not in frame.columns:
                 raise SchemaError(
-                    f"column '{column}' not found; columns present: {names}", column=column, source=source
+                    f"column '{column}' not found; columns present: {names}",
+                    column=column,
+                    source=source,
                 )
         if feature_columns is None:
-            chosen = [c for c in names if c not in keys and c not in categorical and _is_numeric_dtype(frame[c].dtype)]
+            chosen = [
+                c
+                for c in names
+                if c not in keys and c not in categorical and _is_numeric_dtype(frame[c].dtype)
+            ]
             for column in chosen:
                 if _looks_like_id(frame[column]):
                     logger.warning(
                         "column '%s' looks like an id (unique, increasing integers) but is used as a feature; "
-                        "pass it in key_columns if it is one", column,
+                        "pass it in key_columns if it is one",
+                        column,
                     )
             chosen += [c for c in categorical if c not in chosen]
         else:
@@ -145,7 +156,9 @@ class TableSchema:
             specs.append(ColumnSpec(name=name, kind=kind, dtype=str(dtype)))
         return cls(features=tuple(specs), keys=keys)
 
-    def validate(self, frame: pd.DataFrame, source: str | None = None, require_keys: bool = True) -> None:
+    def validate(
+        self, frame: pd.DataFrame, source: str | None = None, require_keys: bool = True
+    ) -> None:
         """Check ``frame`` has every feature (and key) column with a compatible type.
 
         Raises

@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-FEATURES = ("temperature", "pressure", "vibration", "rpm", "power", "flow_rate", "humidity", "voltage")
+FEATURES = (
+    "temperature",
+    "pressure",
+    "vibration",
+    "rpm",
+    "power",
+    "flow_rate",
+    "humidity",
+    "voltage",
+)
 MACHINE_TYPES = ("pump", "compressor", "turbine")
 ANOMALY_KINDS = ("spike", "correlation_break", "stuck_sensor", "overheating", "wrong_profile")
 LABEL_COLUMN = "injected_anomaly"
@@ -23,7 +32,9 @@ _PROFILES = {
 }
 
 
-def _sensors(load: np.ndarray, ambient: np.ndarray, types: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _sensors(
+    load: np.ndarray, ambient: np.ndarray, types: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     n = len(load)
     profile = np.array([_PROFILES[t] for t in types]).reshape(n, 4)
     t_off, p_off, v_mult, r_mult = profile.T

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -10,7 +11,13 @@ from torch import nn
 
 from anomaly.models.outputs import Reconstruction
 
-_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU}
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+}
 
 
 def default_dense_layout(n_features: int) -> tuple[tuple[int, ...], int]:
@@ -44,16 +51,22 @@ class DenseConfig:
 
     def __post_init__(self) -> None:
         if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
+            raise ValueError(
+                f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}"
+            )
         if self.latent_dim < 1 or any(h < 1 for h in self.hidden_layers):
-            raise ValueError(f"layer sizes must be positive, got {self.hidden_layers} -> {self.latent_dim}")
+            raise ValueError(
+                f"layer sizes must be positive, got {self.hidden_layers} -> {self.latent_dim}"
+            )
         if self.output_activation not in (None, "sigmoid"):
-            raise ValueError(f"output_activation must be None or 'sigmoid', got {self.output_activation!r}")
+            raise ValueError(
+                f"output_activation must be None or 'sigmoid', got {self.output_activation!r}"
+            )
 
 
 def _mlp(sizes: list[int], config: DenseConfig) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for width_in, width_out in zip(sizes[:-1], sizes[1:]):
+    for width_in, width_out in itertools.pairwise(sizes):
         layers.append(nn.Linear(width_in, width_out))
         if config.batch_norm:
             layers.append(nn.BatchNorm1d(width_out))
@@ -80,7 +93,10 @@ class DenseAutoencoder(nn.Module):
         self.to_latent = nn.Linear(widths[-1], config.latent_dim)
         self.to_logvar = nn.Linear(widths[-1], config.latent_dim) if config.variational else None
         self.decoder = _mlp([config.latent_dim, *reversed(config.hidden_layers)], config)
-        self.output = nn.Linear(config.hidden_layers[0] if config.hidden_layers else config.latent_dim, config.n_features)
+        self.output = nn.Linear(
+            config.hidden_layers[0] if config.hidden_layers else config.latent_dim,
+            config.n_features,
+        )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.encoder(x)

@@ -27,7 +27,9 @@ def corrupt(x: torch.Tensor, kind: NoiseName, factor: float) -> torch.Tensor:
     if kind == "gaussian":
         return x + factor * torch.randn_like(x)
     if not 0.0 <= factor < 1.0:
-        raise ValueError(f"noise_factor for {kind} noise is a share of values in [0, 1), got {factor}")
+        raise ValueError(
+            f"noise_factor for {kind} noise is a share of values in [0, 1), got {factor}"
+        )
     if kind == "dropout":
         return F.dropout(x, p=factor, training=True)
     hit = torch.rand_like(x) < factor

@@ -1,4 +1,5 @@
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from anomaly.data.parquet import list_parquet_files, read_table, write_parquet_atomic
@@ -55,7 +56,7 @@ def test_failed_write_keeps_previous_file(tmp_path):
     target = tmp_path / "out.parquet"
     write_parquet_atomic(pd.DataFrame({"x": [1]}), target)
     unwritable = pd.DataFrame({"x": [object()]})  # pyarrow cannot convert an arbitrary object
-    with pytest.raises(Exception):
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
         write_parquet_atomic(unwritable, target)
     assert pd.read_parquet(target)["x"].tolist() == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]

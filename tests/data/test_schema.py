@@ -36,7 +36,9 @@ def test_unknown_named_column_is_an_error_naming_it():
 
 def test_missing_column_at_scoring_names_column_expected_and_found():
     schema = TableSchema.infer(frame(), key_columns=["id"])
-    with pytest.raises(SchemaError, match=r"missing column 'b': expected numeric \(int64\)") as info:
+    with pytest.raises(
+        SchemaError, match=r"missing column 'b': expected numeric \(int64\)"
+    ) as info:
         schema.validate(frame().drop(columns="b"), source="batch.parquet")
     assert info.value.column == "b"
     assert "batch.parquet" in str(info.value)
@@ -45,7 +47,9 @@ def test_missing_column_at_scoring_names_column_expected_and_found():
 def test_incompatible_type_names_column_and_both_types():
     schema = TableSchema.infer(frame(), key_columns=["id"])
     bad = frame().assign(a=["1", "2", "3", "x"])
-    with pytest.raises(SchemaError, match=r"column 'a': expected numeric \(float64\), found (object|str)"):
+    with pytest.raises(
+        SchemaError, match=r"column 'a': expected numeric \(float64\), found (object|str)"
+    ):
         schema.validate(bad)
 
 

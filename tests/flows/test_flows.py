@@ -31,7 +31,9 @@ async def flow_run_artifacts(flow_run_id):
         )
 
 
-def test_train_and_score_flows(prefect_server, tmp_path, tracking_config, normal_table, incoming_table):
+def test_train_and_score_flows(
+    prefect_server, tmp_path, tracking_config, normal_table, incoming_table
+):
     from flows.score import score_flow
     from flows.train import train_flow
 
@@ -40,10 +42,20 @@ def test_train_and_score_flows(prefect_server, tmp_path, tracking_config, normal
     holed = incoming_table.copy()
     holed.loc[holed.index[:2], "power"] = float("nan")
     write_parquet_atomic(holed, tmp_path / "landing" / "batch.parquet")
-    settings = TrainSettings(detector={**FAST, "epochs": 10, "categorical_columns": ["machine_type"], "key_columns": KEYS})
+    settings = TrainSettings(
+        detector={
+            **FAST,
+            "epochs": 10,
+            "categorical_columns": ["machine_type"],
+            "key_columns": KEYS,
+        }
+    )
 
     train_state = train_flow(
-        data=str(tmp_path / "train.parquet"), settings=settings, tracking_config=tracking_yaml, return_state=True
+        data=str(tmp_path / "train.parquet"),
+        settings=settings,
+        tracking_config=tracking_yaml,
+        return_state=True,
     )
     assert train_state.is_completed()
     model = train_state.result()
@@ -51,7 +63,9 @@ def test_train_and_score_flows(prefect_server, tmp_path, tracking_config, normal
     run = client.get_run(model.run_id)
     assert run.data.params["data.source"].endswith("train.parquet")
     assert {"threshold", "quantile", "calibration_size", "best_val_loss"} <= set(run.data.metrics)
-    assert {a.path for a in client.list_artifacts(model.run_id, "plots")} >= {"plots/calibration_histogram.png"}
+    assert {a.path for a in client.list_artifacts(model.run_id, "plots")} >= {
+        "plots/calibration_histogram.png"
+    }
     assert client.get_model_version("test-detector", model.version).run_id == model.run_id
 
     score_state = score_flow(
@@ -67,7 +81,16 @@ def test_train_and_score_flows(prefect_server, tmp_path, tracking_config, normal
     rejects = pd.read_parquet(result.rejects)
     assert len(out) + len(rejects) == len(holed)
     assert len(rejects) == 2 and rejects["reason"].str.contains("power").all()
-    assert set(out.columns) >= {"reading_id", "timestamp", "anomaly_score", "p_value", "is_anomaly", "threshold", "model_version", "top_feature"}
+    assert set(out.columns) >= {
+        "reading_id",
+        "timestamp",
+        "anomaly_score",
+        "p_value",
+        "is_anomaly",
+        "threshold",
+        "model_version",
+        "top_feature",
+    }
     assert client.get_run(result.run_id).data.metrics["rows_rejected"] == 2
 
     artifacts = asyncio.run(flow_run_artifacts(score_state.state_details.flow_run_id))

@@ -17,7 +17,9 @@ from anomaly.models.noise import NOISE_KINDS, corrupt
     ids=["plain", "variational", "batchnorm-dropout", "gelu-sigmoid", "no-hidden"],
 )
 def test_output_shapes_for_every_variant(options):
-    config = DenseConfig(**{"n_features": 11, "hidden_layers": (32, 16), "latent_dim": 4, **options})
+    config = DenseConfig(
+        **{"n_features": 11, "hidden_layers": (32, 16), "latent_dim": 4, **options}
+    )
     module = DenseAutoencoder(config)
     x = torch.randn(7, 11)
     for training in (True, False):
@@ -46,7 +48,9 @@ def test_variational_eval_is_deterministic_and_training_samples():
     assert not torch.equal(module(x).x_hat, module(x).x_hat)
 
 
-@pytest.mark.parametrize("width,hidden,latent", [(6, (64,), 8), (21, (64,), 21), (36, (128,), 32), (784, (512,), 32)])
+@pytest.mark.parametrize(
+    "width,hidden,latent", [(6, (64,), 8), (21, (64,), 21), (36, (128,), 32), (784, (512,), 32)]
+)
 def test_default_layout_from_input_width(width, hidden, latent):
     assert default_dense_layout(width) == (hidden, latent)
 

@@ -16,7 +16,9 @@ def test_elementwise_errors_by_hand():
     assert bce[0, 0].item() == pytest.approx(math.log(2), rel=1e-4)
     assert bce[0, 1].item() == pytest.approx(-math.log(0.9), rel=1e-4)
     # Perfect reconstruction of a mid-range value costs nothing (BCE minus the target's entropy).
-    assert elementwise_error(torch.tensor([[0.3]]), torch.tensor([[0.3]]), "bce").item() == pytest.approx(0, abs=1e-5)
+    assert elementwise_error(
+        torch.tensor([[0.3]]), torch.tensor([[0.3]]), "bce"
+    ).item() == pytest.approx(0, abs=1e-5)
     assert elementwise_error(torch.tensor([[0.1]]), torch.tensor([[0.3]]), "bce").item() > 0.05
 
 
@@ -56,5 +58,7 @@ def test_noise_only_in_training():
     x = torch.randn(16, 6)
     module = DenseAutoencoder(DenseConfig(6, (8,), 3)).eval()
     objective = Objective(noise="gaussian", noise_factor=1.0)
-    assert objective(module, x, training=False).item() == objective(module, x, training=False).item()
+    assert (
+        objective(module, x, training=False).item() == objective(module, x, training=False).item()
+    )
     assert objective(module, x, training=True).item() != objective(module, x, training=False).item()
