@@ -146,7 +146,7 @@ def score(
     _setup_logging(verbose)
     try:
         tracking = TrackingConfig.load(tracking_config)
-        uri = model_uri or f"models:/{tracking.registered_model_name}/latest"
+        uri = model_uri or tracking.latest_model_uri
         result = run_score(
             data,
             uri,

@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from anomaly.data.schema import TableSchema, as_frame, invalid_row_reasons
-from anomaly.errors import InvalidRowsError, NotFittedError, SchemaError
+from anomaly.errors import CalibrationError, InvalidRowsError, NotFittedError, SchemaError
 from anomaly.models import (
     DenseAutoencoder,
     DenseConfig,
@@ -27,7 +27,7 @@ from anomaly.models.losses import LOSSES
 from anomaly.models.noise import NOISE_KINDS
 from anomaly.preprocessing import TabularPreprocessor
 from anomaly.scoring import REDUCTIONS, reduce_errors, source_matrix
-from anomaly.thresholds import QuantileThreshold
+from anomaly.thresholds import QuantileThreshold, min_calibration_size
 from anomaly.training import (
     TrainingConfig,
     TrainingHistory,
@@ -122,7 +122,8 @@ class AutoencoderDetector(BaseEstimator):
     device : str
         ``"auto"`` (CUDA, then MPS, then CPU) or a torch device string.
     mixed_precision : bool or "auto"
-        bf16 autocast; ``"auto"`` turns it on for CUDA only.
+        bf16 autocast in training; ``"auto"`` turns it on for CUDA only. Scores are always
+        computed in float32, so a threshold calibrated on one device holds on another.
     random_state : int
         Seeds the data split, weight initialisation and batch order.
     verbose : bool, optional
@@ -273,6 +274,14 @@ class AutoencoderDetector(BaseEstimator):
             order[n_cal : n_cal + n_val],
             order[n_cal + n_val :],
         )
+        needed = min_calibration_size(quantile)
+        if n_cal < needed:
+            # Checked before training, which may take long, rather than after it.
+            raise CalibrationError(
+                f"quantile {quantile} needs at least {needed} calibration samples, got {n_cal} "
+                f"({calibration_fraction:g} of {n} usable rows); lower the quantile or give more "
+                "normal data (or a larger calibration_fraction)"
+            )
         if len(fit_rows) < 2:
             raise ValueError(
                 f"too few normal rows to train: {n} usable rows, {len(fit_rows)} left for fitting"
@@ -349,7 +358,7 @@ class AutoencoderDetector(BaseEstimator):
 
     def _frame(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
         if isinstance(X, pd.DataFrame):
-            return X
+            return as_frame(X)
         array = np.asarray(X)
         if array.ndim != 2 or array.shape[1] != self.n_features_in_:
             raise SchemaError(
@@ -386,15 +395,19 @@ class AutoencoderDetector(BaseEstimator):
         ).to(self.device_)
 
         def score(batch: torch.Tensor) -> torch.Tensor:
-            x_hat = module(batch).x_hat
-            # Only the forward pass runs in mixed precision; errors and their sums stay float32.
-            with torch.autocast(device_type=batch.device.type, enabled=False):
-                errors = elementwise_error(x_hat, batch, loss)
-                scores = reduce_errors(errors, reduction).unsqueeze(1)  # type: ignore[arg-type]
-                return torch.cat([scores, errors @ sources], dim=1) if attribute else scores
+            errors = elementwise_error(module(batch).x_hat, batch, loss)
+            scores = reduce_errors(errors, reduction).unsqueeze(1)  # type: ignore[arg-type]
+            return torch.cat([scores, errors @ sources], dim=1) if attribute else scores
 
+        # float32 even where training used bf16: the threshold was calibrated on these numbers
+        # and must mean the same on every device the model is later loaded on.
         out = infer_in_batches(
-            score, module, X_encoded, max(self.batch_size, 4096), self.device_, self.mixed_precision
+            score,
+            module,
+            X_encoded,
+            max(self.batch_size, 4096),
+            self.device_,
+            mixed_precision=False,
         )
         return out[:, 0].astype(np.float64), out[:, 1:]
 
@@ -429,7 +442,12 @@ class AutoencoderDetector(BaseEstimator):
         self._check_fitted()
         module = self.module_
         return infer_in_batches(
-            lambda b: module(b).z, module, self._encode(X), 4096, self.device_, self.mixed_precision
+            lambda b: module(b).z,
+            module,
+            self._encode(X),
+            4096,
+            self.device_,
+            mixed_precision=False,
         )
 
     # ------------------------------------------------------------------ persistence

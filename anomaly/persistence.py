@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file as load_torch
@@ -97,12 +96,22 @@ def save_detector(detector: AutoencoderDetector, path: str | os.PathLike[str]) -
         (tmp / "detector.json").write_text(json.dumps(config, indent=2))
         manifest = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        # A directory cannot be renamed over a non-empty one: move the old one aside first.
+        # A directory cannot be renamed over a non-empty one: move the old model aside first,
+        # and put it back if the new one cannot take its place.
         old = None
         if target.exists():
+            if not (target / "manifest.json").is_file() or not (target / "detector.json").is_file():
+                raise ModelFileError(
+                    f"{target}: exists and is not a saved detector; refusing to replace it"
+                )
             old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
             os.replace(target, old)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if old is not None:
+                os.replace(old, target)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
@@ -153,6 +162,7 @@ def load_detector(path: str | os.PathLike[str], device: str = "auto") -> Autoenc
         module = module_from_config(params["model"], config["module_config"])
         module.load_state_dict(load_torch(str(directory / "weights.safetensors")))
         calibration = load_numpy(str(directory / "calibration.safetensors"))["scores"]
+        objective = Objective(**config["objective"])
     except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelFileError(
             f"{directory}: weights do not match the saved configuration ({exc})"
@@ -168,7 +178,7 @@ def load_detector(path: str | os.PathLike[str], device: str = "auto") -> Autoenc
     detector.device_ = resolve_device(device)
     detector.module_ = module.to(detector.device_).eval()
     detector.module_config_ = config["module_config"]
-    detector.objective_ = Objective(**config["objective"])
+    detector.objective_ = objective
     detector.thresholder_ = threshold
     detector.threshold_ = threshold.threshold_
     detector.fit_info_ = config["fit_info"]
@@ -183,8 +193,3 @@ def load_detector(path: str | os.PathLike[str], device: str = "auto") -> Autoenc
     detector.n_features_in_ = len(schema.features)
     detector.feature_names_in_ = np.asarray(schema.feature_names, dtype=object)
     return detector
-
-
-def torch_load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a plain ``torch.save`` state_dict safely (``weights_only=True``), for imported weights."""
-    return torch.load(path, map_location="cpu", weights_only=True)

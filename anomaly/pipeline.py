@@ -103,6 +103,10 @@ def write_outputs(
 ) -> tuple[Path, Path]:
     """Write scored rows and rejected rows atomically; the rejects file is written even when empty."""
     rejects_path = Path(rejects) if rejects is not None else rejects_path_for(output)
+    if rejects_path.resolve() == Path(output).resolve():
+        raise ValueError(
+            f"rejects and output are the same file ({output}); give them different paths"
+        )
     return write_parquet_atomic(batch.scored, output), write_parquet_atomic(
         batch.rejected, rejects_path
     )
@@ -110,6 +114,8 @@ def write_outputs(
 
 @dataclass(frozen=True)
 class ScoreResult:
+    """What a scoring run did, for summaries: counts, paths and the model used."""
+
     model_name: str
     model_version: str
     threshold: float
@@ -120,6 +126,28 @@ class ScoreResult:
     output: str
     rejects: str
     run_id: str
+
+    @classmethod
+    def of(
+        cls,
+        batch: ScoredBatch,
+        model: LoadedModel,
+        output: str | os.PathLike[str],
+        rejects: str | os.PathLike[str],
+        run_id: str,
+    ) -> ScoreResult:
+        return cls(
+            model_name=model.name,
+            model_version=model.version,
+            threshold=model.detector.threshold_,
+            rows_in=batch.n_rows,
+            rows_scored=batch.n_scored,
+            rows_rejected=batch.n_rejected,
+            rows_flagged=batch.n_flagged,
+            output=str(output),
+            rejects=str(rejects),
+            run_id=run_id,
+        )
 
 
 def score(
@@ -135,15 +163,4 @@ def score(
     batch = score_files(model, data)
     out, rej = write_outputs(batch, output, rejects)
     run_id = log_scoring_run(batch, model, data, str(out), str(rej), tracking)
-    return ScoreResult(
-        model_name=model.name,
-        model_version=model.version,
-        threshold=model.detector.threshold_,
-        rows_in=batch.n_rows,
-        rows_scored=batch.n_scored,
-        rows_rejected=batch.n_rejected,
-        rows_flagged=batch.n_flagged,
-        output=str(out),
-        rejects=str(rej),
-        run_id=run_id,
-    )
+    return ScoreResult.of(batch, model, out, rej, run_id)

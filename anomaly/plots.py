@@ -79,6 +79,6 @@ def feature_error_bars(names: Sequence[str], mean_errors: np.ndarray) -> Figure:
     order = np.argsort(mean_errors)[::-1]
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(names) + 1)), layout="constrained")
     ax.barh([names[i] for i in order][::-1], np.asarray(mean_errors)[order][::-1], color="tab:blue")
-    ax.set_xlabel("mean reconstruction error (calibration rows)")
+    ax.set_xlabel("mean reconstruction error (held-out normal rows)")
     ax.set_title("Error per feature")
     return fig

@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 Reduction = Literal["mean", "max"]
 REDUCTIONS: tuple[str, ...] = ("mean", "max")
 
-SCORE_COLUMNS = ("anomaly_score", "p_value", "is_anomaly", "top_feature", "top_feature_share")
-
 
 def reduce_errors(errors: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
     """Reduce per-feature errors ``(n_samples, ...)`` to one score per sample ``(n_samples,)``.
@@ -134,7 +132,8 @@ def score_frame(
     """Score a table for output: key columns plus scores for good rows, original rows plus a reason for the rest.
 
     The key columns recorded at fit must be present (``SchemaError`` otherwise, naming the
-    column and ``source``). Every input row ends up in exactly one of the two tables.
+    column and ``source``). Every input row ends up in exactly one of the two tables, with its
+    position in ``frame`` as ``source_row`` (and ``source_file`` when ``source`` is given).
     """
     detector._check_fitted()
     detector.schema_.validate(frame, source=source, require_keys=True)
@@ -142,6 +141,8 @@ def score_frame(
     good = (rows["reject_reason"] == "").to_numpy()
     keys = list(detector.schema_.keys)
 
+    # Position of each row in its input, so every output row traces back even without keys.
+    position = np.arange(len(frame), dtype=np.int64)
     scored = frame.loc[good, keys].reset_index(drop=True)
     for column in ("anomaly_score", "p_value", "is_anomaly"):
         scored[column] = rows.loc[good, column].to_numpy()
@@ -151,10 +152,13 @@ def score_frame(
     scored["model_version"] = pd.Series([str(model_version)] * len(scored), dtype="string")
     scored["top_feature"] = rows.loc[good, "top_feature"].to_numpy()
     scored["top_feature_share"] = rows.loc[good, "top_feature_share"].to_numpy()
+    scored["source_row"] = position[good]
 
     rejected = frame.loc[~good].reset_index(drop=True)
     rejected["reason"] = rows.loc[~good, "reject_reason"].to_numpy()
+    rejected["source_row"] = position[~good]
     if source is not None:
+        scored["source_file"] = source
         rejected["source_file"] = source
     if len(scored) + len(rejected) != len(frame):  # pragma: no cover - an invariant, not a branch
         raise AssertionError(

@@ -6,7 +6,7 @@ import logging
 import os
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
 from anomaly import plots
+from anomaly.data.schema import invalid_row_reasons
 from anomaly.errors import ModelFileError, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -44,6 +45,11 @@ class TrackingConfig(BaseModel):
     artifact_location: str | None = "mlartifacts"
     experiment_name: str = "anomaly"
     registered_model_name: str = "anomaly-detector"
+
+    @property
+    def latest_model_uri(self) -> str:
+        """``models:/NAME/latest`` for the configured registered model."""
+        return f"models:/{self.registered_model_name}/latest"
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> TrackingConfig:
@@ -175,8 +181,15 @@ def log_training_run(
             plots.loss_curves(history.train_loss, history.val_loss, history.best_epoch),
             "plots/loss_curves.png",
         )
-        sample = training_frame.sample(n=min(len(training_frame), 2000), random_state=0)
-        clean = sample[detector.schema_.feature_names].replace([np.inf, -np.inf], np.nan).dropna()
+        # Errors per feature on calibration rows (held out from training); after a reload the
+        # split is unknown and a sample of the training data stands in.
+        split = getattr(detector, "split_index_", None)
+        review = (
+            training_frame.loc[split["calibration"]]
+            if split is not None and split["calibration"].isin(training_frame.index).all()
+            else training_frame.sample(n=min(len(training_frame), 2000), random_state=0)
+        )
+        clean = review.loc[(invalid_row_reasons(review, detector.schema_) == "").to_numpy()]
         per_feature = detector.feature_errors(clean).mean(axis=0)
         _log_figure(
             plots.feature_error_bars(list(per_feature.index), per_feature.to_numpy()),
@@ -284,13 +297,16 @@ def load_registered_detector(
 
     name, version = resolve_model_version(model_uri, config)
     exact = f"models:/{name}/{version}"
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=exact))
-    detector_dir = local / "artifacts" / "detector"
-    if not detector_dir.is_dir():
-        raise ModelFileError(
-            f"{exact}: no detector files in the model artifact (expected artifacts/detector)"
-        )
-    return LoadedModel(AutoencoderDetector.load(detector_dir, device=device), name, version, exact)
+    # The detector is read into memory whole, so the download can go once it is loaded.
+    with tempfile.TemporaryDirectory(prefix="anomaly-model-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=exact, dst_path=tmp))
+        detector_dir = local / "artifacts" / "detector"
+        if not detector_dir.is_dir():
+            raise ModelFileError(
+                f"{exact}: no detector files in the model artifact (expected artifacts/detector)"
+            )
+        detector = AutoencoderDetector.load(detector_dir, device=device)
+    return LoadedModel(detector, name, version, exact)
 
 
 def log_scoring_run(
@@ -342,10 +358,6 @@ def log_scoring_run(
             "plots/batch_score_histogram.png",
         )
         return run.info.run_id
-
-
-def describe(model: RegisteredModel) -> dict[str, Any]:
-    return asdict(model)
 
 
 def ui_command(config: TrackingConfig) -> str:

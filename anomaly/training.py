@@ -159,7 +159,7 @@ def train_autoencoder(
             module.train()
             total, count = torch.zeros((), device=device), 0
             for idx in _batches(len(train), batch_size, device, shuffle=True):
-                if len(idx) < 2 and count:
+                if len(idx) == 1 and batch_size > 1 and count:
                     continue
                 batch = train[idx]
                 with autocast_for(device, config.mixed_precision):

@@ -48,18 +48,33 @@ def metrics(y_test: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> dict
     }
 
 
-def run_iforest(
-    X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int
+def _fit_calibrate_test(
+    X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int, fit_and_score
 ) -> dict[str, float]:
+    """Baseline protocol: 80/20 fit/calibrate split of ``train``, scaler on the fit rows.
+
+    ``fit_and_score(X_fit)`` trains a model and returns a function from rows to scores
+    (higher = more anomalous).
+    """
     rng = np.random.default_rng(seed + 1000)
     order = rng.permutation(train)
     n_cal = round(0.2 * len(order))
     cal, fit = order[:n_cal], order[n_cal:]
     scaler = StandardScaler().fit(X[fit])
-    model = IsolationForest(n_estimators=200, random_state=seed).fit(scaler.transform(X[fit]))
-    threshold = QuantileThreshold(0.95).fit(-model.score_samples(scaler.transform(X[cal])))
-    scores = -model.score_samples(scaler.transform(X[test]))
+    score = fit_and_score(scaler.transform(X[fit]))
+    threshold = QuantileThreshold(0.95).fit(score(scaler.transform(X[cal])))
+    scores = score(scaler.transform(X[test]))
     return metrics(y[test], scores, threshold.predict(scores))
+
+
+def run_iforest(
+    X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int
+) -> dict[str, float]:
+    def fit_and_score(X_fit: np.ndarray):
+        model = IsolationForest(n_estimators=200, random_state=seed).fit(X_fit)
+        return lambda rows: -model.score_samples(rows)
+
+    return _fit_calibrate_test(X, y, train, test, seed, fit_and_score)
 
 
 def run_autoencoder(
@@ -76,16 +91,11 @@ def run_pyod(
 ) -> dict[str, float]:
     from pyod.models.auto_encoder import AutoEncoder
 
-    rng = np.random.default_rng(seed + 1000)
-    order = rng.permutation(train)
-    n_cal = round(0.2 * len(order))
-    cal, fit = order[:n_cal], order[n_cal:]
-    scaler = StandardScaler().fit(X[fit])
-    model = AutoEncoder(epoch_num=30, batch_size=64, random_state=seed, verbose=0)
-    model.fit(scaler.transform(X[fit]))
-    threshold = QuantileThreshold(0.95).fit(model.decision_function(scaler.transform(X[cal])))
-    scores = model.decision_function(scaler.transform(X[test]))
-    return metrics(y[test], scores, threshold.predict(scores))
+    def fit_and_score(X_fit: np.ndarray):
+        model = AutoEncoder(epoch_num=30, batch_size=64, random_state=seed, verbose=0).fit(X_fit)
+        return model.decision_function
+
+    return _fit_calibrate_test(X, y, train, test, seed, fit_and_score)
 
 
 def main() -> None:

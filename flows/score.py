@@ -9,25 +9,42 @@ from prefect.cache_policies import NO_CACHE
 from anomaly.pipeline import ScoreResult, score_files, write_outputs
 from anomaly.scoring import ScoredBatch
 from anomaly.tracking import LoadedModel, TrackingConfig, load_registered_detector, log_scoring_run
+from flows import retry_unless_bad_input
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
 def load_model(model_uri: str, tracking: TrackingConfig, device: str) -> LoadedModel:
     return load_registered_detector(model_uri, tracking, device=device)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
 def score_data(model: LoadedModel, data: str) -> ScoredBatch:
     return score_files(model, data)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
 def write(batch: ScoredBatch, output: str, rejects: str | None) -> tuple[str, str]:
     out, rej = write_outputs(batch, output, rejects)
     return str(out), str(rej)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+# No retries: a retry after a partial failure would log the batch twice.
+@task(cache_policy=NO_CACHE)
 def log_batch(
     batch: ScoredBatch,
     model: LoadedModel,
@@ -50,24 +67,11 @@ def score_flow(
 ) -> ScoreResult:
     """Score every Parquet file under ``data`` with ``model_uri`` (default: latest registered version)."""
     tracking = TrackingConfig.load(tracking_config)
-    model = load_model(
-        model_uri or f"models:/{tracking.registered_model_name}/latest", tracking, device
-    )
+    model = load_model(model_uri or tracking.latest_model_uri, tracking, device)
     batch = score_data(model, data)
     out, rej = write(batch, output, rejects)
     run_id = log_batch(batch, model, data, out, rej, tracking)
-    result = ScoreResult(
-        model_name=model.name,
-        model_version=model.version,
-        threshold=model.detector.threshold_,
-        rows_in=batch.n_rows,
-        rows_scored=batch.n_scored,
-        rows_rejected=batch.n_rejected,
-        rows_flagged=batch.n_flagged,
-        output=out,
-        rejects=rej,
-        run_id=run_id,
-    )
+    result = ScoreResult.of(batch, model, out, rej, run_id)
     create_table_artifact(
         key="anomaly-score-summary",
         table=[

@@ -12,9 +12,15 @@ from anomaly.data.parquet import read_table
 from anomaly.detectors import AutoencoderDetector
 from anomaly.pipeline import fit_detector
 from anomaly.tracking import RegisteredModel, TrackingConfig, log_training_run
+from flows import retry_unless_bad_input
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
 def load_normal_data(data: str) -> pd.DataFrame:
     return read_table(data)
 
@@ -24,7 +30,9 @@ def fit(frame: pd.DataFrame, settings: TrainSettings) -> AutoencoderDetector:
     return fit_detector(frame, settings)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+# No retries: registering is not idempotent, and a retry after a partial failure would
+# register a second version of the same model.
+@task(cache_policy=NO_CACHE)
 def log_and_register(
     detector: AutoencoderDetector,
     frame: pd.DataFrame,

@@ -2,10 +2,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from anomaly import AutoencoderDetector, ModelFileError
-from anomaly.persistence import torch_load_weights
 
 
 @pytest.fixture
@@ -75,12 +73,10 @@ def test_future_format_version_is_refused(saved):
         AutoencoderDetector.load(saved)
 
 
-def test_torch_weights_load_with_weights_only(tmp_path):
-    path = tmp_path / "w.pt"
-    torch.save({"w": torch.ones(2)}, path)
-    assert torch.equal(torch_load_weights(path)["w"], torch.ones(2))
-
-    # An arbitrary object in the file: what a malicious checkpoint would carry.
-    torch.save({"obj": __import__("collections").OrderedDict, "fn": print}, tmp_path / "evil.pt")
-    with pytest.raises(Exception, match=r"[Ww]eights only load failed"):
-        torch_load_weights(tmp_path / "evil.pt")
+def test_save_refuses_to_replace_a_directory_that_is_not_a_model(tmp_path, fitted_detector):
+    precious = tmp_path / "outputs"
+    precious.mkdir()
+    (precious / "scores.parquet").write_text("keep me")
+    with pytest.raises(ModelFileError, match="is not a saved detector; refusing to replace it"):
+        fitted_detector.save(precious)
+    assert (precious / "scores.parquet").read_text() == "keep me"

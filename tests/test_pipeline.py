@@ -37,6 +37,12 @@ def test_schema_error_names_the_file(fitted_detector, landing):
         score_files(LoadedModel(fitted_detector, "m", "1", "u"), str(landing))
 
 
+def test_rejects_cannot_overwrite_the_output(tmp_path, fitted_detector, landing):
+    batch = score_files(LoadedModel(fitted_detector, "m", "1", "u"), str(landing))
+    with pytest.raises(ValueError, match="same file"):
+        write_outputs(batch, tmp_path / "x.parquet", tmp_path / "x.parquet")
+
+
 def test_outputs_are_written_beside_each_other(tmp_path, fitted_detector, landing):
     batch = score_files(LoadedModel(fitted_detector, "m", "1", "u"), str(landing))
     out, rej = write_outputs(batch, tmp_path / "out" / "scores.parquet")

@@ -62,7 +62,13 @@ def test_reject_policy_keeps_row_counts_whole(fitted_detector, incoming_table):
         "model_version",
         "top_feature",
         "top_feature_share",
+        "source_row",
+        "source_file",
     ]
+    # Every input row is traceable to its position, scored or not.
+    positions = sorted([*batch.scored["source_row"], *batch.rejected["source_row"]])
+    assert positions == list(range(len(incoming_table)))
+    assert batch.rejected["source_row"].tolist() == [3, 7, 9]
     assert batch.scored["model_version"].eq("3").all()
     assert batch.scored["is_anomaly"].sum() == batch.n_flagged
 

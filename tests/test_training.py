@@ -86,3 +86,12 @@ def test_inference_in_batches_matches_one_pass(rng):
     assert infer_in_batches(
         lambda b: module(b).x_hat, module, X[:0], 10, torch.device("cpu")
     ).shape == (0, 6)
+
+
+def test_batch_size_one_trains_on_every_row(rng):
+    X = correlated(40, rng)
+    module = DenseAutoencoder(DenseConfig(6, (8,), 2))
+    history = train_autoencoder(
+        module, Objective(), X, None, TrainingConfig(epochs=1, batch_size=1, progress=False)
+    )
+    assert history.samples_per_second * history.seconds == pytest.approx(40)

@@ -60,6 +60,13 @@ def read_table(source: str | os.PathLike[str]) -> pd.DataFrame:
     for path in files:
         table = _read_one(path)
         if tables:
+            # Permissive promotion would fill a column missing from one file with nulls: refuse.
+            first, names = set(tables[0].column_names), set(table.column_names)
+            if first != names:
+                raise DataFileError(
+                    f"{path}: columns differ from {files[0]}: missing {sorted(first - names)}, "
+                    f"extra {sorted(names - first)}"
+                )
             try:
                 pa.unify_schemas([tables[0].schema, table.schema], promote_options="permissive")
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

@@ -49,8 +49,11 @@ def _looks_like_id(series: pd.Series) -> bool:
     )
 
 
-def as_frame(X: Any, n_columns_expected: int | None = None) -> pd.DataFrame:
+def as_frame(X: Any) -> pd.DataFrame:
     """Turn an array-like into a DataFrame; arrays get columns ``x0 .. x{d-1}``.
+
+    Column labels become strings (a DataFrame built from an array has integer labels), since
+    schemas, saved models and Parquet files name columns by string.
 
     Raises
     ------
@@ -58,7 +61,9 @@ def as_frame(X: Any, n_columns_expected: int | None = None) -> pd.DataFrame:
         If an array is not 2-D.
     """
     if isinstance(X, pd.DataFrame):
-        return X
+        if all(isinstance(c, str) for c in X.columns):
+            return X
+        return X.rename(columns=str)
     array = np.asarray(X)
     if array.ndim != 2:
         raise SchemaError(
@@ -135,6 +140,13 @@ class TableSchema:
         else:
             chosen = [str(c) for c in feature_columns]
             chosen += [c for c in categorical if c not in chosen]
+        overlap = sorted(set(chosen) & set(keys))
+        if overlap:
+            raise SchemaError(
+                f"columns {overlap} are both keys and features; a key is passed through, never modelled",
+                column=overlap[0],
+                source=source,
+            )
         if not chosen:
             raise SchemaError(
                 f"no feature columns: no numeric column besides the keys {list(keys)}; columns present: {names}",
@@ -182,8 +194,20 @@ class TableSchema:
                     column=spec.name,
                     source=source,
                 )
-            dtype = frame[spec.name].dtype
-            ok = _is_numeric_dtype(dtype) if spec.kind == "numeric" else True
+            column = frame[spec.name]
+            dtype = column.dtype
+            if spec.kind == "numeric":
+                # A column that is null throughout (a sensor down for a whole file) reads as a
+                # null/object column: its rows are rejected per row, not the whole file.
+                ok = _is_numeric_dtype(dtype) or bool(column.isna().all())
+            else:
+                # Categories stored as strings must still be strings; numeric codes stay numeric.
+                fitted_on_codes = spec.dtype in _NUMERIC_DTYPE_NAMES
+                ok = (
+                    _is_categorical_dtype(dtype)
+                    or (fitted_on_codes and _is_numeric_dtype(dtype))
+                    or bool(column.isna().all())
+                )
             if not ok:
                 raise SchemaError(
                     f"column '{spec.name}': expected {spec.kind} ({spec.dtype}), found {dtype}",
@@ -203,6 +227,13 @@ class TableSchema:
             features=tuple(ColumnSpec(**c) for c in data["features"]),
             keys=tuple(data.get("keys", ())),
         )
+
+
+_NUMERIC_DTYPE_NAMES = frozenset(
+    f"{kind}{bits}"
+    for kind in ("int", "uint", "float", "Int", "UInt", "Float")
+    for bits in (8, 16, 32, 64)
+)
 
 
 def invalid_row_reasons(frame: pd.DataFrame, schema: TableSchema) -> pd.Series:

@@ -44,6 +44,15 @@ def test_incompatible_files_name_the_odd_one(tmp_path):
         read_table(tmp_path)
 
 
+def test_files_with_different_columns_are_refused(tmp_path):
+    write_parquet_atomic(pd.DataFrame({"a": [1.0], "b": [2.0]}), tmp_path / "a.parquet")
+    write_parquet_atomic(pd.DataFrame({"a": [1.0]}), tmp_path / "b.parquet")
+    with pytest.raises(
+        DataFileError, match=r"b\.parquet: columns differ from .*a\.parquet: missing \['b'\]"
+    ):
+        read_table(tmp_path)
+
+
 def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):
     target = tmp_path / "out.parquet"
     write_parquet_atomic(pd.DataFrame({"x": [1]}), target)

@@ -83,3 +83,28 @@ def test_invalid_row_reasons_name_every_bad_column():
         "missing or non-finite value in kind",
         "",
     ]
+
+
+def test_categorical_fed_numbers_is_an_error_but_codes_stay_codes():
+    schema = TableSchema.infer(frame(), categorical_columns=["kind"], key_columns=["id"])
+    with pytest.raises(
+        SchemaError, match=r"column 'kind': expected categorical \(string\), found float64"
+    ):
+        schema.validate(frame().assign(kind=[1.0, 2.0, 1.0, 2.0]))
+    coded = TableSchema.infer(frame(), categorical_columns=["b"], key_columns=["id"])
+    coded.validate(frame().assign(b=[7, 8, 9, 10]))
+
+
+def test_all_null_column_is_left_to_the_row_policy():
+    schema = TableSchema.infer(frame(), key_columns=["id"])
+    down = frame().assign(a=[None] * 4)
+    schema.validate(down)
+    assert (invalid_row_reasons(down, schema) == "missing or non-finite value in a").all()
+
+
+def test_integer_column_labels_become_strings():
+    from anomaly.data.schema import as_frame
+
+    labelled = as_frame(pd.DataFrame(np.ones((3, 2))))
+    assert list(labelled.columns) == ["0", "1"]
+    assert TableSchema.infer(labelled).feature_names == ["0", "1"]
