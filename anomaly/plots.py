@@ -32,16 +32,24 @@ def score_histogram(
     positive = positive[positive > 0]
     low, high = (positive.min(), positive.max()) if len(positive) else (1e-6, 1.0)
     bins = np.geomspace(low, max(high, low * 1.01, threshold * 1.01), 60).tolist()
+    # With a batch beside it, compare shapes (densities): the counts differ by design.
+    compare = len(data) > 1
     ax.hist(
-        data[0], bins=bins, alpha=0.7, label=f"calibration (n={len(data[0])})", color="tab:blue"
+        data[0],
+        bins=bins,
+        alpha=0.7,
+        label=f"calibration (n={len(data[0])})",
+        color="tab:blue",
+        density=compare,
     )
-    if len(data) > 1:
+    if compare:
         ax.hist(
             data[1],
             bins=bins,
             alpha=0.5,
             label=f"scored batch (n={len(data[1])})",
             color="tab:orange",
+            density=True,
         )
     ax.axvline(
         threshold,
@@ -51,7 +59,7 @@ def score_histogram(
     )
     ax.set_xscale("log")
     ax.set_xlabel("anomaly score (reconstruction error)")
-    ax.set_ylabel("rows")
+    ax.set_ylabel("density" if compare else "rows")
     ax.set_title(title)
     ax.legend()
     return fig

@@ -105,6 +105,10 @@ class TabularPreprocessor:
         """
         if not hasattr(self, "transformer_"):
             raise NotFittedError("TabularPreprocessor is not fitted; call fit first")
+        if len(frame) == 0:
+            # scikit-learn refuses empty input; an empty batch (or one whose rows were all
+            # rejected) is ordinary in monitoring and must flow through.
+            return np.zeros((0, self.n_outputs), dtype=np.float32)
         out = self.transformer_.transform(self._prepare(frame, impute=impute))
         return np.ascontiguousarray(out, dtype=np.float32)
 

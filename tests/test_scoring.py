@@ -107,3 +107,21 @@ def test_missing_key_column_names_column_and_file(fitted_detector, incoming_tabl
         score_frame(
             fitted_detector, incoming_table.drop(columns="timestamp"), source="batch.parquet"
         )
+
+
+def test_empty_batch_and_all_rejected_batch_flow_through(fitted_detector, incoming_table):
+    empty = score_frame(fitted_detector, incoming_table.iloc[:0])
+    assert (empty.n_scored, empty.n_rejected) == (0, 0)
+    assert "anomaly_score" in empty.scored.columns
+    assert fitted_detector.score_samples(incoming_table.iloc[:0]).shape == (0,)
+    dead = score_frame(fitted_detector, incoming_table.assign(rpm=np.nan))
+    assert (dead.n_scored, dead.n_rejected) == (0, len(incoming_table))
+    assert (dead.rejected["reason"] == "missing or non-finite value in rpm").all()
+
+
+def test_extra_columns_are_ignored(fitted_detector, incoming_table):
+    batch = score_frame(fitted_detector, incoming_table.assign(unrelated=1.0))
+    np.testing.assert_array_equal(
+        batch.scored["anomaly_score"],
+        score_frame(fitted_detector, incoming_table).scored["anomaly_score"],
+    )
