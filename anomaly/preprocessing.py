@@ -35,6 +35,7 @@ _TRUSTED_TYPES = frozenset(
 )
 
 MISSING_CATEGORY = "__missing__"
+ENCODED_LIMIT = 1e6
 
 
 class TabularPreprocessor:
@@ -110,6 +111,10 @@ class TabularPreprocessor:
             # rejected) is ordinary in monitoring and must flow through.
             return np.zeros((0, self.n_outputs), dtype=np.float32)
         out = self.transformer_.transform(self._prepare(frame, impute=impute))
+        # A finite but enormous reading (1e300) would overflow float32 to inf and turn its score
+        # into inf or NaN. A million scaled units is far past anything the model has seen, so
+        # the row still scores as maximally anomalous, and the arithmetic stays finite.
+        out = np.clip(out, -ENCODED_LIMIT, ENCODED_LIMIT)
         return np.ascontiguousarray(out, dtype=np.float32)
 
     @property

@@ -85,3 +85,10 @@ def test_load_of_garbage_is_a_model_file_error(tmp_path, table, schema):
     (tmp_path / "preprocessor.skops").write_bytes(b"not a zip")
     with pytest.raises(ModelFileError, match="preprocessor"):
         TabularPreprocessor.load(tmp_path, schema)
+
+
+def test_enormous_finite_values_stay_finite(table, schema):
+    pre = TabularPreprocessor(schema).fit(table)
+    out = pre.transform(table.assign(a=[1e300, -1e300, 3.0, 1e30]))
+    assert np.isfinite(out).all()
+    assert out[0, 0] == 1e6 and out[1, 0] == -1e6
