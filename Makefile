@@ -2,9 +2,13 @@
 # Both create .venv and install what they need on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# A bare `torch` requirement pulls the newest build, which on Linux means several GB of CUDA
-# packages. Pin the torch release to install when none is present (CPU or CUDA as pip picks).
+# torch is installed first, when the venv has none, so that the project's `torch>=2.6` does not
+# pull whatever build is newest. On Linux, PyPI's torch wheels bring CUDA libraries (several GB);
+# for a CPU-only machine pass the CPU index: make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# (our CI machines serve a local CPU wheel of this version, so they need neither).
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 
 # No telemetry from the local Prefect server or MLflow; the demo and tests need no network.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -16,7 +20,8 @@ export DO_NOT_TRACK ?= 1
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)" || $(PY) -m pip install --quiet "torch>=2.6"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)" \
+		|| $(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "torch>=2.6"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
@@ -32,7 +37,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy anomaly
 
 bench-adbench: $(VENV)/.installed
-	$(PY) -m pip install --quiet ".[bench]"
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) benchmarks/adbench_oneclass.py
 
 clean:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -33,6 +33,16 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(exc: Exception, verbose: bool) -> NoReturn:
+    """Report an error as a message, not a traceback (unless --verbose), and exit with 2."""
+    if verbose:
+        console.print_exception()
+    # The project's own errors already say what and where; others get their type for context.
+    prefix = "" if isinstance(exc, AnomalyError) else f"{type(exc).__name__}: "
+    console.print(f"[bold red]error:[/] {prefix}{exc}", highlight=False)
+    raise typer.Exit(2) from exc
 
 
 def _table(title: str, rows: dict[str, object]) -> Table:
@@ -99,14 +109,16 @@ def train(
             update={k: v for k, v in overrides.items() if v is not None}
         )
         settings = settings.model_copy(
-            update={"detector": detector, **({"quantile": quantile} if quantile else {})}
+            update={
+                "detector": detector,
+                **({"quantile": quantile} if quantile is not None else {}),
+            }
         )
         settings = TrainSettings.model_validate(settings.model_dump())
         tracking = TrackingConfig.load(tracking_config)
         result = run_train(data, settings, tracking, run_name=run_name)
-    except (AnomalyError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
+    except Exception as exc:
+        _fail(exc, verbose)
     Console().print(
         _table(
             "Trained",
@@ -133,7 +145,10 @@ def score(
         str, typer.Option(help="models:/NAME/VERSION, models:/NAME@ALIAS or models:/NAME/latest")
     ] = "",
     rejects: Annotated[
-        Path | None, typer.Option(help="Rejected rows (default: OUTPUT.rejects.parquet)")
+        Path | None,
+        typer.Option(
+            help="Rejected rows (default: beside OUTPUT, scores.parquet -> scores.rejects.parquet)"
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
     tracking_config: TrackingOpt = None,
@@ -155,9 +170,8 @@ def score(
             rejects=str(rejects) if rejects else None,
             device=device,
         )
-    except (AnomalyError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
+    except Exception as exc:
+        _fail(exc, verbose)
     Console().print(
         _table(
             "Scored",

@@ -9,12 +9,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anomaly.data.schema import invalid_row_reasons
+from anomaly.data.schema import REJECT_COLUMNS, invalid_row_reasons
+from anomaly.errors import SchemaError
 
 if TYPE_CHECKING:
     from anomaly.detectors import AutoencoderDetector
 
 Reduction = Literal["mean", "max"]
+
 REDUCTIONS: tuple[str, ...] = ("mean", "max")
 
 
@@ -137,6 +139,13 @@ def score_frame(
     """
     detector._check_fitted()
     detector.schema_.validate(frame, source=source, require_keys=True)
+    clashes = sorted(set(map(str, frame.columns)) & REJECT_COLUMNS)
+    if clashes:
+        raise SchemaError(
+            f"input column(s) {clashes} would be overwritten in the rejects output; rename them",
+            column=clashes[0],
+            source=source,
+        )
     rows = score_rows(detector, frame)
     good = (rows["reject_reason"] == "").to_numpy()
     keys = list(detector.schema_.keys)

@@ -47,6 +47,13 @@ def test_train_and_score_commands(workdir, incoming_table):
 
 
 def test_errors_are_one_clear_line_and_exit_code_2(workdir):
+    bad_quantile = runner.invoke(app, ["train", "train.parquet", "--quantile", "0"])
+    assert bad_quantile.exit_code == 2
+    assert "quantile" in bad_quantile.output and "Traceback" not in bad_quantile.output
+    broken_yaml = workdir / "broken.yaml"
+    broken_yaml.write_text("detector: [unclosed\n")
+    config_error = runner.invoke(app, ["train", "train.parquet", "--config", str(broken_yaml)])
+    assert config_error.exit_code == 2 and "Traceback" not in config_error.output
     missing = runner.invoke(app, ["train", "nope.parquet"])
     assert missing.exit_code == 2
     assert "nope.parquet: no such file or directory" in missing.output

@@ -125,3 +125,16 @@ def test_extra_columns_are_ignored(fitted_detector, incoming_table):
         batch.scored["anomaly_score"],
         score_frame(fitted_detector, incoming_table).scored["anomaly_score"],
     )
+
+
+def test_input_columns_that_outputs_would_overwrite_are_refused(
+    fitted_detector, incoming_table, normal_table
+):
+    with pytest.raises(SchemaError, match=r"\['reason'\] would be overwritten"):
+        score_frame(fitted_detector, incoming_table.assign(reason="x"))
+    from anomaly import AutoencoderDetector
+
+    with pytest.raises(
+        SchemaError, match=r"\['threshold'\] have the name of a column the scored output adds"
+    ):
+        AutoencoderDetector(key_columns=["threshold"]).fit(normal_table.assign(threshold=1.0))

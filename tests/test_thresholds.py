@@ -46,7 +46,9 @@ def test_p_values_are_uniform_on_fresh_normal_data(rng):
     thr = QuantileThreshold(0.95).fit(rng.normal(size=2000))
     p = thr.p_values(rng.normal(size=4000))
     assert ((p > 0) & (p <= 1)).all()
-    assert stats.kstest(p, "uniform").pvalue > 0.01
+    # Given one calibration set of n scores, the p-value CDF is off by up to ~1.63/sqrt(n)
+    # (DKW, 99%), plus the same for the fresh sample; a plain KS test would ignore the first.
+    assert stats.kstest(p, "uniform").statistic < 1.63 * (1 / np.sqrt(2000) + 1 / np.sqrt(4000))
     # False-positive rate at the threshold is close to 1 - q.
     assert abs(thr.predict(rng.normal(size=20000)).mean() - 0.05) < 0.01
 

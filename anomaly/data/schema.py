@@ -17,6 +17,24 @@ logger = logging.getLogger(__name__)
 
 ColumnKind = Literal["numeric", "categorical"]
 
+# Columns the scored and rejects outputs add beside the input's own; keys or input columns of
+# these names would be overwritten, so they are refused up front.
+SCORED_COLUMNS = frozenset(
+    {
+        "anomaly_score",
+        "p_value",
+        "is_anomaly",
+        "threshold",
+        "model_name",
+        "model_version",
+        "top_feature",
+        "top_feature_share",
+        "source_row",
+        "source_file",
+    }
+)
+REJECT_COLUMNS = frozenset({"reason", "source_row", "source_file"})
+
 
 @dataclass(frozen=True)
 class ColumnSpec:
@@ -140,6 +158,13 @@ class TableSchema:
         else:
             chosen = [str(c) for c in feature_columns]
             chosen += [c for c in categorical if c not in chosen]
+        taken = sorted(set(keys) & SCORED_COLUMNS)
+        if taken:
+            raise SchemaError(
+                f"key column(s) {taken} have the name of a column the scored output adds; rename them",
+                column=taken[0],
+                source=source,
+            )
         overlap = sorted(set(chosen) & set(keys))
         if overlap:
             raise SchemaError(
