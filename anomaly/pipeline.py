@@ -96,6 +96,16 @@ def rejects_path_for(output: str | os.PathLike[str]) -> Path:
     return out.with_name(f"{out.stem}.rejects.parquet")
 
 
+def check_output_path(output: str | os.PathLike[str]) -> Path:
+    """Refuse an output path that cannot take a file, before any scoring work is done."""
+    path = Path(output)
+    if path.is_dir() or str(output).endswith(("/", os.sep)):
+        raise ValueError(
+            f"output {output} is a directory; give a file path such as {path / 'scores.parquet'}"
+        )
+    return path
+
+
 def write_outputs(
     batch: ScoredBatch,
     output: str | os.PathLike[str],
@@ -159,6 +169,7 @@ def score(
     device: str = "auto",
 ) -> ScoreResult:
     """Score new data with a registered model, write outputs and log the scoring run."""
+    check_output_path(output)
     model = load_registered_detector(model_uri, tracking, device=device)
     batch = score_files(model, data)
     out, rej = write_outputs(batch, output, rejects)

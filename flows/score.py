@@ -6,7 +6,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from anomaly.pipeline import ScoreResult, score_files, write_outputs
+from anomaly.pipeline import ScoreResult, check_output_path, score_files, write_outputs
 from anomaly.scoring import ScoredBatch
 from anomaly.tracking import LoadedModel, TrackingConfig, load_registered_detector, log_scoring_run
 from flows import retry_unless_bad_input
@@ -66,6 +66,7 @@ def score_flow(
     device: str = "auto",
 ) -> ScoreResult:
     """Score every Parquet file under ``data`` with ``model_uri`` (default: latest registered version)."""
+    check_output_path(output)
     tracking = TrackingConfig.load(tracking_config)
     model = load_model(model_uri or tracking.latest_model_uri, tracking, device)
     batch = score_data(model, data)

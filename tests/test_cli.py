@@ -58,6 +58,8 @@ def test_errors_are_one_clear_line_and_exit_code_2(workdir):
     assert missing.exit_code == 2
     assert "nope.parquet: no such file or directory" in missing.output
     assert "Traceback" not in missing.output
+    directory = runner.invoke(app, ["score", "incoming", "--output", "incoming"])
+    assert directory.exit_code == 2 and "is a directory" in directory.output
     unknown = runner.invoke(
         app, ["score", "incoming", "--output", "o.parquet", "--model-uri", "models:/ghost/3"]
     )
