@@ -34,22 +34,15 @@ def score_histogram(
     bins = np.geomspace(low, max(high, low * 1.01, threshold * 1.01), 60).tolist()
     # With a batch beside it, compare shapes (densities): the counts differ by design.
     compare = len(data) > 1
-    ax.hist(
-        data[0],
-        bins=bins,
-        alpha=0.7,
-        label=f"calibration (n={len(data[0])})",
-        color="tab:blue",
-        density=compare,
-    )
-    if compare:
+    styles = [("calibration", "tab:blue", 0.7), ("scored batch", "tab:orange", 0.5)]
+    for values, (label, color, alpha) in zip(data, styles, strict=False):
         ax.hist(
-            data[1],
+            values,
             bins=bins,
-            alpha=0.5,
-            label=f"scored batch (n={len(data[1])})",
-            color="tab:orange",
-            density=True,
+            alpha=alpha,
+            label=f"{label} (n={len(values)})",
+            color=color,
+            density=compare,
         )
     ax.axvline(
         threshold,

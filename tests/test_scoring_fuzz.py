@@ -6,18 +6,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from anomaly import AnomalyError, score_frame
+from anomaly.data.synthetic import FEATURES
 from tests.conftest import KEYS
 
-NUMERIC = [
-    "temperature",
-    "pressure",
-    "vibration",
-    "rpm",
-    "power",
-    "flow_rate",
-    "humidity",
-    "voltage",
-]
+NUMERIC = list(FEATURES)
 special_floats = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 1e300, -1e300, 5e-324])
 ordinary = st.floats(min_value=-1e4, max_value=1e4)
 # one_of picks among its branches evenly: mostly ordinary readings, some hostile ones.
