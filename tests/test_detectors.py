@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
 
@@ -135,6 +136,13 @@ VARIANTS = {
     "bce-minmax": {"loss": "bce", "scaler": "minmax"},
     "max-reduction": {"reduction": "max"},
     "batchnorm": {"batch_norm": True, "dropout": 0.1},
+    "ensemble": {"n_estimators": 3},
+    "ensemble-variational-sparse": {
+        "n_estimators": 2,
+        "variational": True,
+        "kl_weight": 0.1,
+        "sparsity_weight": 0.1,
+    },
 }
 
 
@@ -248,3 +256,25 @@ def test_p_values_are_uniform_on_fresh_normal_data(fitted_detector):
     bound = 1.63 * (1 / np.sqrt(n_cal) + 1 / np.sqrt(len(p)))
     assert stats.kstest(p, "uniform").statistic < bound
     assert 0.02 <= fitted_detector.predict(fresh).mean() <= 0.08
+
+
+def test_ensemble_scores_average_member_errors(normal_table, incoming_table):
+    det = AutoencoderDetector(
+        categorical_columns=["machine_type"],
+        key_columns=KEYS,
+        n_estimators=3,
+        **{**FAST, "epochs": 5},
+    ).fit(normal_table)
+    assert len(det.module_.members) == 3
+    member_scores = []
+    for member in det.module_.members:
+        with torch.no_grad():
+            x = torch.from_numpy(det.preprocessor_.transform(incoming_table))
+            member_scores.append(((member(x).x_hat - x) ** 2).mean(dim=1).numpy())
+    np.testing.assert_allclose(
+        det.score_samples(incoming_table), np.mean(member_scores, axis=0), rtol=1e-5
+    )
+    assert det.latent(incoming_table).shape == (
+        len(incoming_table),
+        3 * det.module_config_["latent_dim"],
+    )

@@ -1,11 +1,17 @@
 """Pure torch autoencoders: tensors in, tensors out; nothing here knows about files or MLflow."""
 
-from anomaly.models.dense import DenseAutoencoder, DenseConfig, default_dense_layout
+from anomaly.models.dense import (
+    AutoencoderEnsemble,
+    DenseAutoencoder,
+    DenseConfig,
+    default_dense_layout,
+)
 from anomaly.models.losses import LossName, Objective, elementwise_error
 from anomaly.models.noise import NoiseName, corrupt
 from anomaly.models.outputs import Reconstruction
 
 __all__ = [
+    "AutoencoderEnsemble",
     "DenseAutoencoder",
     "DenseConfig",
     "LossName",

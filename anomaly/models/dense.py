@@ -112,3 +112,28 @@ class DenseAutoencoder(nn.Module):
             return Reconstruction(self.decode(mu), mu)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         return Reconstruction(self.decode(z), mu, mu, logvar)
+
+
+class AutoencoderEnsemble(nn.Module):
+    """``n_members`` independently initialised autoencoders trained side by side.
+
+    Members share batches but no parameters, so summing their losses trains each on its own
+    (Adam's state is per parameter). Outputs are stacked on a leading member axis:
+    ``x_hat`` is ``(n_members, n_samples, n_features)``; error functions broadcast against the
+    input, and scores average the members' errors. Averaging several reconstructions' errors
+    smooths out what one network happens to reconstruct well off the normal manifold.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> Reconstruction:
+        outs = [member(x) for member in self.members]
+        mu = torch.stack([o.mu for o in outs]) if outs[0].mu is not None else None
+        logvar = torch.stack([o.logvar for o in outs]) if outs[0].logvar is not None else None
+        return Reconstruction(
+            torch.stack([o.x_hat for o in outs]), torch.stack([o.z for o in outs]), mu, logvar
+        )

@@ -44,16 +44,21 @@ def _elementwise_error(x_hat: torch.Tensor, x: torch.Tensor, loss: LossName) -> 
 
 
 def kl_sparsity(z: torch.Tensor, target: float) -> torch.Tensor:
-    """KL(target || mean activation) summed over latent units, activations squashed by a sigmoid."""
-    rho_hat = torch.sigmoid(z.float()).mean(dim=0).clamp(1e-6, 1 - 1e-6)
+    """KL(target || mean activation) summed over latent units, activations squashed by a sigmoid.
+
+    ``z`` is ``(n_samples, latent_dim)``, or ``(n_members, n_samples, latent_dim)`` for an
+    ensemble, whose members' penalties are averaged.
+    """
+    rho_hat = torch.sigmoid(z.float()).mean(dim=-2).clamp(1e-6, 1 - 1e-6)
     rho = torch.tensor(target, device=z.device)
-    return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
+    kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
+    return kl.sum(dim=-1).mean()
 
 
 def kl_gaussian(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(q(z|x) || N(0, I)), summed over latent units and averaged over the batch."""
+    """KL(q(z|x) || N(0, I)), summed over latent units and averaged over the batch (and members)."""
     mu, logvar = mu.float(), logvar.float()
-    return (-0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(dim=1)).mean()
+    return (-0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(dim=-1)).mean()
 
 
 @dataclass(frozen=True)

@@ -91,3 +91,15 @@ def test_salt_pepper_uses_feature_extremes():
 def test_share_outside_unit_interval_is_refused():
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         corrupt(torch.zeros(3, 3), "masking", 1.5)
+
+
+def test_ensemble_stacks_members_and_members_differ():
+    from anomaly.models import AutoencoderEnsemble
+
+    config = DenseConfig(5, (8,), 3, variational=True)
+    ensemble = AutoencoderEnsemble([DenseAutoencoder(config) for _ in range(3)]).eval()
+    out = ensemble(torch.randn(4, 5))
+    assert out.x_hat.shape == (3, 4, 5) and out.z.shape == out.mu.shape == (3, 4, 3)
+    assert not torch.equal(out.x_hat[0], out.x_hat[1])
+    with pytest.raises(ValueError, match="at least 2 members"):
+        AutoencoderEnsemble([DenseAutoencoder(config)])

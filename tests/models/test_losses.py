@@ -62,3 +62,13 @@ def test_noise_only_in_training():
         objective(module, x, training=False).item() == objective(module, x, training=False).item()
     )
     assert objective(module, x, training=True).item() != objective(module, x, training=False).item()
+
+
+def test_ensemble_penalties_average_over_members():
+    z = torch.randn(10, 4)
+    assert kl_sparsity(torch.stack([z, z]), 0.05).item() == pytest.approx(
+        kl_sparsity(z, 0.05).item(), rel=1e-6
+    )
+    mu, logvar = torch.randn(6, 3), torch.randn(6, 3)
+    stacked = kl_gaussian(torch.stack([mu, mu]), torch.stack([logvar, logvar]))
+    assert stacked.item() == pytest.approx(kl_gaussian(mu, logvar).item(), rel=1e-6)
