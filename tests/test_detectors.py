@@ -267,10 +267,10 @@ def test_ensemble_scores_average_member_errors(normal_table, incoming_table):
     ).fit(normal_table)
     assert len(det.module_.members) == 3
     member_scores = []
+    x = torch.from_numpy(det.preprocessor_.transform(incoming_table)).to(det.device_)
     for member in det.module_.members:
         with torch.no_grad():
-            x = torch.from_numpy(det.preprocessor_.transform(incoming_table))
-            member_scores.append(((member(x).x_hat - x) ** 2).mean(dim=1).numpy())
+            member_scores.append(((member(x).x_hat - x) ** 2).mean(dim=1).cpu().numpy())
     np.testing.assert_allclose(
         det.score_samples(incoming_table), np.mean(member_scores, axis=0), rtol=1e-5
     )
