@@ -277,6 +277,9 @@ class AutoencoderDetector(BaseEstimator):
                 reasons[bad].iloc[0],
             )
             frame = frame.loc[~bad]
+        # Rows of (the possibly filtered) frame whose features are all finite; only the impute
+        # policy leaves any others in.
+        valid = np.ones(len(frame), dtype=bool) if self.nan_policy == "reject" else ~bad
         n = len(frame)
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(n)
@@ -301,7 +304,7 @@ class AutoencoderDetector(BaseEstimator):
             )
         impute = self.nan_policy == "impute"
         fit_frame = frame.iloc[fit_rows]
-        clean_fit = fit_frame.loc[(invalid_row_reasons(fit_frame, schema) == "").to_numpy()]
+        clean_fit = fit_frame.loc[valid[fit_rows]]
         preprocessor = TabularPreprocessor(schema, scaler=self.scaler).fit(clean_fit)  # type: ignore[arg-type]
 
         params = self.get_params()

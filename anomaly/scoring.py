@@ -71,6 +71,11 @@ def score_rows(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFra
     """
     detector._check_fitted()
     detector.schema_.validate(frame, require_keys=False)
+    return _score_valid_frame(detector, frame)
+
+
+def _score_valid_frame(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`score_rows` for a frame already checked against the schema."""
     impute = detector.nan_policy == "impute"
     reasons = invalid_row_reasons(frame, detector.schema_)
     ok = np.ones(len(frame), dtype=bool) if impute else (reasons == "").to_numpy()
@@ -146,7 +151,7 @@ def score_frame(
             column=clashes[0],
             source=source,
         )
-    rows = score_rows(detector, frame)
+    rows = _score_valid_frame(detector, frame)
     good = (rows["reject_reason"] == "").to_numpy()
     keys = list(detector.schema_.keys)
 
