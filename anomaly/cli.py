@@ -65,7 +65,16 @@ def train(
         Path | None,
         typer.Option(help="YAML of TrainSettings (detector hyperparameters, quantile, splits)"),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Network family: dense")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Network family: dense, lstm_seq2seq or conv1d")
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(help="Points per window: model a time series (CSV or Parquet)")
+    ] = None,
+    time_column: Annotated[str | None, typer.Option(help="Timestamp column of a series")] = None,
+    series_column: Annotated[
+        str | None, typer.Option(help="Series id column (several series, one model)")
+    ] = None,
     features: Annotated[
         str | None,
         typer.Option(help="Comma-separated feature columns (default: all numeric non-key columns)"),
@@ -98,6 +107,9 @@ def train(
         settings = TrainSettings.from_yaml(config) if config else TrainSettings()
         overrides = {
             "model": model,
+            "window": window,
+            "time_column": time_column,
+            "series_column": series_column,
             "feature_columns": _split(features),
             "categorical_columns": _split(categorical),
             "key_columns": _split(keys),
@@ -151,6 +163,13 @@ def score(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
+    context: Annotated[
+        Path | None,
+        typer.Option(
+            help="Time series: file carrying the last points of each series to the next batch "
+            "(default: beside OUTPUT, NAME.context.parquet)"
+        ),
+    ] = None,
     tracking_config: TrackingOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -169,6 +188,7 @@ def score(
             tracking,
             rejects=str(rejects) if rejects else None,
             device=device,
+            context=str(context) if context else None,
         )
     except Exception as exc:
         _fail(exc, verbose)

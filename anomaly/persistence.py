@@ -7,6 +7,7 @@ A saved detector is a directory::
     calibration.safetensors sorted calibration scores (for p-values)
     preprocessor.skops      fitted scikit-learn ColumnTransformer (allowlisted types only)
     preprocessor.json       imputation medians and scaler name
+    series_scaler.json      instead of the two above, for time-series detectors: scaling statistics
     manifest.json           SHA-256 of every file above, checked on load
 
 It is written to a temporary sibling directory and renamed into place, so a crash never
@@ -31,9 +32,10 @@ from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
 from anomaly.data.schema import TableSchema
+from anomaly.data.series import SeriesPolicy
 from anomaly.errors import ModelFileError
 from anomaly.models import Objective
-from anomaly.preprocessing import TabularPreprocessor
+from anomaly.preprocessing import SeriesScaler, TabularPreprocessor
 from anomaly.thresholds import QuantileThreshold
 from anomaly.training import TrainingHistory, resolve_device
 
@@ -79,7 +81,10 @@ def save_detector(detector: AutoencoderDetector, path: str | os.PathLike[str]) -
             {"scores": detector.thresholder_.calibration_scores_},
             str(tmp / "calibration.safetensors"),
         )
-        detector.preprocessor_.save(tmp)
+        if detector.window is None:
+            detector.preprocessor_.save(tmp)
+        else:
+            (tmp / "series_scaler.json").write_text(json.dumps(detector.scaler_.to_dict()))
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -90,7 +95,10 @@ def save_detector(detector: AutoencoderDetector, path: str | os.PathLike[str]) -
             "module_config": _jsonable(detector.module_config_),
             "objective": asdict(detector.objective_),
             "threshold": detector.thresholder_.to_dict(),
-            "fit_info": detector.fit_info_,
+            "fit_info": _jsonable(detector.fit_info_),
+            "series": None
+            if detector.window is None
+            else {"policy": asdict(detector.series_policy_), "frequency": detector.frequency_},
             "history": _jsonable(asdict(detector.history_)),
         }
         (tmp / "detector.json").write_text(json.dumps(config, indent=2))
@@ -174,7 +182,22 @@ def load_detector(path: str | os.PathLike[str], device: str = "auto") -> Autoenc
         )
 
     detector.schema_ = schema
-    detector.preprocessor_ = TabularPreprocessor.load(directory, schema)
+    if detector.window is None:
+        detector.preprocessor_ = TabularPreprocessor.load(directory, schema)
+    else:
+        try:
+            series = config["series"]
+            detector.scaler_ = SeriesScaler.from_dict(
+                json.loads((directory / "series_scaler.json").read_text())
+            )
+            policy = series["policy"]
+            detector.series_policy_ = SeriesPolicy(
+                **{**policy, "features": tuple(policy["features"])}
+            )
+            detector.frequency_ = series["frequency"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelFileError(f"{directory}: time-series settings unreadable ({exc})") from exc
+        detector.preprocessor_ = None  # type: ignore[assignment]
     detector.device_ = resolve_device(device)
     detector.module_ = module.to(detector.device_).eval()
     detector.module_config_ = config["module_config"]

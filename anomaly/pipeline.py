@@ -11,6 +11,7 @@ import pandas as pd
 
 from anomaly.config import TrainSettings
 from anomaly.data.parquet import list_parquet_files, read_table, write_parquet_atomic
+from anomaly.data.series import list_series_files, read_series, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
 from anomaly.scoring import ScoredBatch, score_frame
 from anomaly.tracking import (
@@ -23,6 +24,11 @@ from anomaly.tracking import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def read_training_data(data: str, settings: TrainSettings) -> pd.DataFrame:
+    """Normal data for ``settings``: Parquet tables, or Parquet/CSV series when a window is set."""
+    return read_series(data) if settings.detector.window is not None else read_table(data)
 
 
 def fit_detector(frame: pd.DataFrame, settings: TrainSettings) -> AutoencoderDetector:
@@ -49,7 +55,7 @@ def train(
     data: str, settings: TrainSettings, tracking: TrackingConfig, run_name: str | None = None
 ) -> TrainResult:
     """Read normal data, fit, calibrate, log to MLflow and register a new model version."""
-    frame = read_table(data)
+    frame = read_training_data(data, settings)
     detector = fit_detector(frame, settings)
     registered = log_training_run(detector, frame, data, tracking, run_name=run_name)
     history = detector.history_
@@ -63,11 +69,21 @@ def train(
     )
 
 
-def score_files(model: LoadedModel, data: str) -> ScoredBatch:
+def context_path_for(output: str | os.PathLike[str], model_name: str) -> Path:
+    """Default context file of a time-series model, beside the output: ``NAME.context.parquet``."""
+    return Path(output).with_name(f"{model_name}.context.parquet")
+
+
+def score_files(
+    model: LoadedModel, data: str, context_path: str | os.PathLike[str] | None = None
+) -> ScoredBatch:
     """Score every Parquet file of ``data`` (file, directory or glob) file by file.
 
-    Rejected rows carry the file they came from; a schema problem names the file.
+    Rejected rows carry the file they came from; a schema problem names the file. For a
+    time-series model see :func:`score_series_files`.
     """
+    if model.detector.window is not None:
+        return score_series_files(model, data, context_path)
     scored, rejected = [], []
     for path in list_parquet_files(data):
         batch = score_frame(
@@ -87,6 +103,51 @@ def score_files(model: LoadedModel, data: str) -> ScoredBatch:
         rejected=pd.concat(rejected, ignore_index=True)
         if any(len(r) for r in rejected)
         else rejected[0],
+    )
+
+
+def score_series_files(
+    model: LoadedModel, data: str, context_path: str | os.PathLike[str] | None = None
+) -> ScoredBatch:
+    """Score series files (Parquet or CSV; in name order) each continuing from the one before.
+
+    ``context_path`` is a small Parquet file with the last ``window - 1`` points of every series
+    seen so far: read before the first file when it exists, written (atomically) after the
+    last. Without it, the first rows of each run are scored without earlier points.
+    """
+    detector = model.detector
+    context = None
+    if context_path is not None and Path(context_path).exists():
+        context = read_table(context_path)
+        logger.info("continuing from %d context points in %s", len(context), context_path)
+    scored, rejected = [], []
+    counts: dict[str, int] = {}
+    for path in list_series_files(data):
+        frame = read_series_file(path)
+        batch = score_frame(
+            detector, frame, model.name, model.version, source=str(path), context=context
+        )
+        context = update_context(
+            context, detector.next_context(frame, context), detector.series_policy_
+        )
+        scored.append(batch.scored)
+        rejected.append(batch.rejected)
+        counts = {k: counts.get(k, 0) + v for k, v in batch.series_counts.items()}
+        logger.info(
+            "%s: %d scored, %d rejected, %d flagged",
+            path,
+            batch.n_scored,
+            batch.n_rejected,
+            batch.n_flagged,
+        )
+    if context_path is not None and context is not None:
+        write_parquet_atomic(context, context_path)
+    return ScoredBatch(
+        scored=pd.concat(scored, ignore_index=True),
+        rejected=pd.concat(rejected, ignore_index=True)
+        if any(len(r) for r in rejected)
+        else rejected[0],
+        series_counts=counts,
     )
 
 
@@ -167,11 +228,16 @@ def score(
     tracking: TrackingConfig,
     rejects: str | None = None,
     device: str = "auto",
+    context: str | None = None,
 ) -> ScoreResult:
-    """Score new data with a registered model, write outputs and log the scoring run."""
+    """Score new data with a registered model, write outputs and log the scoring run.
+
+    ``context``: for a time-series model, the file carrying points from batch to batch
+    (default :func:`context_path_for` the output).
+    """
     check_output_path(output)
     model = load_registered_detector(model_uri, tracking, device=device)
-    batch = score_files(model, data)
+    batch = score_files(model, data, context or context_path_for(output, model.name))
     out, rej = write_outputs(batch, output, rejects)
     run_id = log_scoring_run(batch, model, data, str(out), str(rej), tracking)
     return ScoreResult.of(batch, model, out, rej, run_id)

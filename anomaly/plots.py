@@ -83,3 +83,46 @@ def feature_error_bars(names: Sequence[str], mean_errors: np.ndarray) -> Figure:
     ax.set_xlabel("mean reconstruction error (held-out normal rows)")
     ax.set_title("Error per feature")
     return fig
+
+
+def series_review(
+    times: np.ndarray,
+    values: np.ndarray,
+    feature_names: Sequence[str],
+    scores: np.ndarray,
+    threshold: float,
+    title: str = "Series with anomaly scores",
+    max_features: int = 8,
+) -> Figure:
+    """Each feature over time above the anomaly score, threshold line and flagged spans shaded.
+
+    Parameters
+    ----------
+    times : array (n_points,)
+        Timestamps (datetime64 or numbers) in plotting order.
+    values : array (n_points, n_features)
+    scores : array (n_points,)
+        NaN where a point has no score (e.g. rejected).
+    """
+    n_shown = min(len(feature_names), max_features)
+    fig, axes = plt.subplots(
+        n_shown + 1, 1, figsize=(10, 1.4 * (n_shown + 1) + 0.6), sharex=True, layout="constrained"
+    )
+    flagged = np.nan_to_num(scores, nan=-np.inf) > threshold
+    # Contiguous flagged runs as [start, end) index pairs, shaded on every axis.
+    edges = np.flatnonzero(np.diff(np.r_[0, flagged.astype(np.int8), 0]))
+    spans = list(zip(edges[::2], edges[1::2], strict=True))
+    for i, ax in enumerate(axes[:-1]):
+        ax.plot(times, values[:, i], linewidth=0.8, color="tab:blue")
+        ax.set_ylabel(str(feature_names[i]), rotation=0, ha="right", fontsize=8)
+    score_ax = axes[-1]
+    score_ax.plot(times, scores, linewidth=0.8, color="black")
+    score_ax.axhline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.4g}")
+    score_ax.set_yscale("log")
+    score_ax.set_ylabel("score", rotation=0, ha="right")
+    score_ax.legend(loc="upper left", fontsize=8)
+    for ax in axes:
+        for start, end in spans:
+            ax.axvspan(times[start], times[min(end, len(times) - 1)], color="tab:red", alpha=0.2)
+    axes[0].set_title(f"{title} ({int(flagged.sum())} of {len(scores)} points flagged)")
+    return fig

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,8 @@ from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 
 from anomaly.data.schema import TableSchema
 from anomaly.errors import ModelFileError, NotFittedError
+
+logger = logging.getLogger(__name__)
 
 ScalerName = Literal["standard", "minmax"]
 
@@ -164,3 +167,72 @@ class TabularPreprocessor:
         obj.medians_ = {k: float(v) for k, v in meta["medians"].items()}
         obj._set_output_layout()
         return obj
+
+
+class SeriesScaler:
+    """Standard or min-max scaling of series features, fitted globally or per series id.
+
+    Held as plain numbers (saved as JSON), because a scaler is nothing more. A series id not
+    seen at fit falls back to the global statistics, with a warning.
+    """
+
+    def __init__(self, scaler: str = "standard", per_series: bool = False):
+        if scaler not in ("standard", "minmax"):
+            raise ValueError(f"scaler must be 'standard' or 'minmax', got {scaler!r}")
+        self.scaler = scaler
+        self.per_series = per_series
+        self.stats_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _stats(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.scaler == "standard":
+            center, scale = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+        else:
+            center = np.nanmin(values, axis=0)
+            scale = np.nanmax(values, axis=0) - center
+        center = np.nan_to_num(center)
+        # A constant feature keeps scale 1, as scikit-learn's scalers do.
+        scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
+        return center, scale
+
+    def fit(self, values: np.ndarray, series: np.ndarray) -> SeriesScaler:
+        """Fit on ``values`` ``(n_points, n_features)`` with the series id of each point."""
+        self.stats_ = {"": self._stats(values)}
+        if self.per_series:
+            for sid in np.unique(series.astype(str)):
+                self.stats_[f"series:{sid}"] = self._stats(values[series.astype(str) == sid])
+        return self
+
+    def transform(self, values: np.ndarray, series: np.ndarray) -> np.ndarray:
+        """Scaled float32 copy of ``values``."""
+        out = np.empty(values.shape, dtype=np.float32)
+        if not self.per_series:
+            center, scale = self.stats_[""]
+            out[:] = (values - center) / scale
+            return out
+        ids = series.astype(str)
+        for sid in np.unique(ids):
+            key = f"series:{sid}"
+            if key not in self.stats_:
+                logger.warning(
+                    "series %r was not seen at fit: scaling it with global statistics", sid
+                )
+            center, scale = self.stats_.get(key, self.stats_[""])
+            mask = ids == sid
+            out[mask] = (values[mask] - center) / scale
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scaler": self.scaler,
+            "per_series": self.per_series,
+            "stats": {k: [c.tolist(), s.tolist()] for k, (c, s) in self.stats_.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SeriesScaler:
+        scaler = cls(data["scaler"], data["per_series"])
+        scaler.stats_ = {
+            k: (np.asarray(c, dtype=np.float64), np.asarray(s, dtype=np.float64))
+            for k, (c, s) in data["stats"].items()
+        }
+        return scaler

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -70,12 +70,20 @@ def score_rows(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFra
         ``top_feature``, ``top_feature_share``, ``reject_reason`` (empty when scored).
     """
     detector._check_fitted()
-    detector.schema_.validate(frame, require_keys=False)
-    return _score_valid_frame(detector, frame)
+    detector.schema_.validate(frame, require_keys=detector.window is not None)
+    return _score_valid_frame(detector, frame)[0]
 
 
-def _score_valid_frame(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFrame:
-    """:func:`score_rows` for a frame already checked against the schema."""
+def _score_valid_frame(
+    detector: AutoencoderDetector,
+    frame: pd.DataFrame,
+    context: pd.DataFrame | None = None,
+    source: str | None = None,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """:func:`score_rows` for a frame already checked against the schema, with the series
+    handling counts (empty for tables)."""
+    if detector.window is not None:
+        return _score_series_frame(detector, frame, context, source)
     impute = detector.nan_policy == "impute"
     reasons = invalid_row_reasons(frame, detector.schema_)
     ok = np.ones(len(frame), dtype=bool) if impute else (reasons == "").to_numpy()
@@ -98,7 +106,35 @@ def _score_valid_frame(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd
     out.loc[ok, "top_feature"] = top
     out.loc[ok, "top_feature_share"] = share
     out["reject_reason"] = reasons.astype("string")
-    return out
+    return out, {}
+
+
+def _score_series_frame(
+    detector: AutoencoderDetector,
+    frame: pd.DataFrame,
+    context: pd.DataFrame | None,
+    source: str | None,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    values, reasons, layout = detector._series_rows(frame, context, source)
+    ok = reasons == ""
+    scores = values[ok, 0].astype(np.float64)
+    top, share = top_contributors(values[ok, 1:], detector.schema_.feature_names)
+    out = pd.DataFrame(index=frame.index)
+    out["anomaly_score"] = values[:, 0].astype(np.float64)
+    p_values = np.full(len(frame), np.nan)
+    p_values[ok] = detector.thresholder_.p_values(scores)
+    out["p_value"] = p_values
+    flagged = np.zeros(len(frame), dtype=bool)
+    flagged[ok] = detector.thresholder_.predict(scores)
+    out["is_anomaly"] = flagged
+    top_all = np.full(len(frame), None, dtype=object)
+    top_all[ok] = top
+    out["top_feature"] = pd.Series(top_all, index=frame.index, dtype="string")
+    share_all = np.full(len(frame), np.nan)
+    share_all[ok] = share
+    out["top_feature_share"] = share_all
+    out["reject_reason"] = pd.Series(reasons, index=frame.index, dtype="string")
+    return out, layout.counts
 
 
 @dataclass(frozen=True)
@@ -107,6 +143,8 @@ class ScoredBatch:
 
     scored: pd.DataFrame
     rejected: pd.DataFrame
+    # Time series only: rows or points each duplicate/gap/context decision touched.
+    series_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_scored(self) -> int:
@@ -135,12 +173,15 @@ def score_frame(
     model_name: str = "",
     model_version: str = "",
     source: str | None = None,
+    context: pd.DataFrame | None = None,
 ) -> ScoredBatch:
     """Score a table for output: key columns plus scores for good rows, original rows plus a reason for the rest.
 
     The key columns recorded at fit must be present (``SchemaError`` otherwise, naming the
     column and ``source``). Every input row ends up in exactly one of the two tables, with its
     position in ``frame`` as ``source_row`` (and ``source_file`` when ``source`` is given).
+    For a time-series detector, ``context`` is the previous batch's
+    :meth:`~anomaly.detectors.AutoencoderDetector.next_context`.
     """
     detector._check_fitted()
     detector.schema_.validate(frame, source=source, require_keys=True)
@@ -151,7 +192,7 @@ def score_frame(
             column=clashes[0],
             source=source,
         )
-    rows = _score_valid_frame(detector, frame)
+    rows, series_counts = _score_valid_frame(detector, frame, context, source)
     good = (rows["reject_reason"] == "").to_numpy()
     keys = list(detector.schema_.keys)
 
@@ -178,4 +219,4 @@ def score_frame(
         raise AssertionError(
             f"rows in {len(frame)} != scored {len(scored)} + rejected {len(rejected)}"
         )
-    return ScoredBatch(scored=scored, rejected=rejected)
+    return ScoredBatch(scored=scored, rejected=rejected, series_counts=series_counts)

@@ -181,16 +181,10 @@ def log_training_run(
             plots.loss_curves(history.train_loss, history.val_loss, history.best_epoch),
             "plots/loss_curves.png",
         )
-        # Errors per feature on calibration rows (held out from training); after a reload the
-        # split is unknown and a sample of the training data stands in.
-        split = getattr(detector, "split_index_", None)
-        review = (
-            training_frame.loc[split["calibration"]]
-            if split is not None and split["calibration"].isin(training_frame.index).all()
-            else training_frame.sample(n=min(len(training_frame), 2000), random_state=0)
-        )
-        clean = review.loc[(invalid_row_reasons(review, detector.schema_) == "").to_numpy()]
-        per_feature = detector.feature_errors(clean).mean(axis=0)
+        if detector.window is not None:
+            per_feature, example = _review_series(detector, training_frame)
+        else:
+            per_feature, example = _review_table(detector, training_frame)
         _log_figure(
             plots.feature_error_bars(list(per_feature.index), per_feature.to_numpy()),
             "plots/feature_errors.png",
@@ -200,7 +194,6 @@ def log_training_run(
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "detector"
             detector.save(saved)
-            example = clean[detector.schema_.feature_names].head(5).reset_index(drop=True)
             from anomaly.scoring import score_rows
 
             signature = infer_signature(
@@ -230,6 +223,65 @@ def log_training_run(
     return RegisteredModel(
         run.info.run_id, config.registered_model_name, version, model_uri, mlflow.get_tracking_uri()
     )
+
+
+def _review_table(
+    detector: AutoencoderDetector, training_frame: pd.DataFrame
+) -> tuple[pd.Series, pd.DataFrame]:
+    """Mean error per feature on calibration rows, and a pyfunc input example."""
+    # Calibration rows are held out from training; after a reload the split is unknown and a
+    # sample of the training data stands in.
+    split = getattr(detector, "split_index_", None)
+    review = (
+        training_frame.loc[split["calibration"]]
+        if split is not None and split["calibration"].isin(training_frame.index).all()
+        else training_frame.sample(n=min(len(training_frame), 2000), random_state=0)
+    )
+    clean = review.loc[(invalid_row_reasons(review, detector.schema_) == "").to_numpy()]
+    per_feature = detector.feature_errors(clean).mean(axis=0)
+    example = clean[detector.schema_.feature_names].head(5).reset_index(drop=True)
+    return per_feature, example
+
+
+def _review_series(
+    detector: AutoencoderDetector, training_frame: pd.DataFrame
+) -> tuple[pd.Series, pd.DataFrame]:
+    """Mean error per feature over the training series, its review plot, and an input example.
+
+    The plot shows the first series (at most 20,000 points): each feature over time, the score,
+    the threshold and flagged spans; the last part of each stretch is the calibration part.
+    """
+    values, reasons, _ = detector._series_rows(training_frame, None)
+    names = detector.schema_.feature_names
+    per_feature = pd.Series(np.nanmean(values[:, 1:], axis=0), index=names)
+    policy = detector.series_policy_
+    shown = training_frame
+    if policy.series_column is not None:
+        first = training_frame[policy.series_column].iloc[0]
+        shown = training_frame.loc[training_frame[policy.series_column] == first]
+    positions = training_frame.index.get_indexer(shown.index)
+    if policy.time_column is not None:
+        order = np.argsort(shown[policy.time_column].to_numpy(), kind="stable")
+        times = shown[policy.time_column].to_numpy()[order]
+    else:
+        order = np.arange(len(shown))
+        times = order
+    keep = order[:20000]
+    _log_figure(
+        plots.series_review(
+            times[: len(keep)],
+            shown[names].to_numpy(dtype=float)[keep],
+            names,
+            values[positions[keep], 0],
+            detector.threshold_,
+            title="Training series (calibration = last part)",
+        ),
+        "plots/series_review.png",
+    )
+    columns = [*detector.schema_.keys, *names]
+    clean = training_frame.loc[reasons == "", columns]
+    example = clean.head(2 * int(detector.window)).reset_index(drop=True)  # type: ignore[arg-type]
+    return per_feature, example
 
 
 def _requirements() -> list[str]:
@@ -339,6 +391,7 @@ def log_scoring_run(
             "rows_flagged": batch.n_flagged,
             "anomaly_rate": batch.anomaly_rate,
             "threshold": model.detector.threshold_,
+            **{f"series_{k}": v for k, v in batch.series_counts.items()},
         }
         if len(scores):
             metrics |= {

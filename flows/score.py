@@ -6,7 +6,13 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from anomaly.pipeline import ScoreResult, check_output_path, score_files, write_outputs
+from anomaly.pipeline import (
+    ScoreResult,
+    check_output_path,
+    context_path_for,
+    score_files,
+    write_outputs,
+)
 from anomaly.scoring import ScoredBatch
 from anomaly.tracking import LoadedModel, TrackingConfig, load_registered_detector, log_scoring_run
 from flows import retry_unless_bad_input
@@ -28,8 +34,8 @@ def load_model(model_uri: str, tracking: TrackingConfig, device: str) -> LoadedM
     retry_condition_fn=retry_unless_bad_input,
     cache_policy=NO_CACHE,
 )
-def score_data(model: LoadedModel, data: str) -> ScoredBatch:
-    return score_files(model, data)
+def score_data(model: LoadedModel, data: str, context: str) -> ScoredBatch:
+    return score_files(model, data, context)
 
 
 @task(
@@ -64,12 +70,17 @@ def score_flow(
     rejects: str | None = None,
     tracking_config: str | None = None,
     device: str = "auto",
+    context: str | None = None,
 ) -> ScoreResult:
-    """Score every Parquet file under ``data`` with ``model_uri`` (default: latest registered version)."""
+    """Score every Parquet file under ``data`` with ``model_uri`` (default: latest registered version).
+
+    ``context``: for a time-series model, the file that carries the last points of each series
+    from one run to the next (default: beside ``output``).
+    """
     check_output_path(output)
     tracking = TrackingConfig.load(tracking_config)
     model = load_model(model_uri or tracking.latest_model_uri, tracking, device)
-    batch = score_data(model, data)
+    batch = score_data(model, data, context or str(context_path_for(output, model.name)))
     out, rej = write(batch, output, rejects)
     run_id = log_batch(batch, model, data, out, rej, tracking)
     result = ScoreResult.of(batch, model, out, rej, run_id)

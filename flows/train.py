@@ -8,9 +8,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from anomaly.config import TrainSettings
-from anomaly.data.parquet import read_table
 from anomaly.detectors import AutoencoderDetector
-from anomaly.pipeline import fit_detector
+from anomaly.pipeline import fit_detector, read_training_data
 from anomaly.tracking import RegisteredModel, TrackingConfig, log_training_run
 from flows import retry_unless_bad_input
 
@@ -21,8 +20,8 @@ from flows import retry_unless_bad_input
     retry_condition_fn=retry_unless_bad_input,
     cache_policy=NO_CACHE,
 )
-def load_normal_data(data: str) -> pd.DataFrame:
-    return read_table(data)
+def load_normal_data(data: str, settings: TrainSettings) -> pd.DataFrame:
+    return read_training_data(data, settings)
 
 
 @task(cache_policy=NO_CACHE)
@@ -53,7 +52,7 @@ def train_flow(
     """Fit an autoencoder on normal data, calibrate its threshold, log to MLflow and register a version."""
     settings = settings or TrainSettings()
     tracking = TrackingConfig.load(tracking_config)
-    frame = load_normal_data(data)
+    frame = load_normal_data(data, settings)
     detector = fit(frame, settings)
     model = log_and_register(detector, frame, data, tracking, run_name)
     create_table_artifact(
