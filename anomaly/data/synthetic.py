@@ -118,3 +118,72 @@ def make_sensor_table(
         frame[name] = values[name].astype(np.float64)
     frame[LABEL_COLUMN] = pd.Series(labels, dtype="string")
     return frame
+
+
+SERIES_FEATURES = ("flow", "pressure", "temperature", "vibration")
+SERIES_ANOMALY_KINDS = ("spike", "level_shift", "frequency_change", "decoupling")
+
+
+def make_series_table(
+    n_points: int = 2000,
+    n_series: int = 1,
+    anomalies: int = 0,
+    anomaly_length: int = 30,
+    seed: int = 0,
+    start: str = "2024-01-01",
+    frequency: str = "1s",
+) -> pd.DataFrame:
+    """Multivariate sensor series at a fixed frequency, optionally with planted anomalous spans.
+
+    Four sensors follow a shared duty cycle (a slow sine plus a faster harmonic) with lags and
+    noise, so a window shows both each sensor's shape and how the sensors move together. Planted
+    spans of ``anomaly_length`` points are one of: a spike, a level shift, a change of frequency,
+    or one sensor decoupling from the others. They are placed in the second half of each series,
+    apart from each other; ``injected_anomaly`` names the kind ("" for normal points).
+
+    Returns
+    -------
+    DataFrame with columns ``timestamp``, ``machine`` (series id), the sensors and
+    ``injected_anomaly``; ``n_points * n_series`` rows.
+    """
+    rng = np.random.default_rng(seed)
+    frames = []
+    for s in range(n_series):
+        t = np.arange(n_points, dtype=float)
+        phase = rng.uniform(0, 2 * np.pi)
+        period = 80 + 10 * s
+        angle = 2 * np.pi * t / period + phase
+        # The harmonic shares the phase shift (3 x), so every series has the same waveform shape.
+        cycle = np.sin(angle) + 0.3 * np.sin(3 * angle)
+        sensors = {
+            "flow": 10 + 3 * cycle + rng.normal(0, 0.2, n_points),
+            "pressure": 5 + 1.5 * np.roll(cycle, 3) + rng.normal(0, 0.1, n_points),
+            "temperature": 60 + 4 * np.roll(cycle, 10) + rng.normal(0, 0.3, n_points),
+            "vibration": 0.5 + 0.2 * np.abs(cycle) + rng.normal(0, 0.02, n_points),
+        }
+        labels = np.full(n_points, "", dtype=object)
+        if anomalies:
+            slots = np.linspace(n_points // 2, n_points - anomaly_length - 1, anomalies).astype(int)
+            for i, begin in enumerate(slots):
+                kind = SERIES_ANOMALY_KINDS[i % len(SERIES_ANOMALY_KINDS)]
+                span = slice(begin, begin + anomaly_length)
+                if kind == "spike":
+                    sensors["pressure"][span] += 2.5 * np.hanning(anomaly_length)
+                elif kind == "level_shift":
+                    sensors["temperature"][span] += 8.0
+                elif kind == "frequency_change":
+                    fast = np.sin(4 * angle[span])
+                    sensors["flow"][span] = 10 + 3 * fast + rng.normal(0, 0.2, anomaly_length)
+                else:
+                    sensors["vibration"][span] = 0.5 + 0.2 * rng.uniform(0, 1, anomaly_length)
+                labels[span] = kind
+        frame = pd.DataFrame(
+            {
+                "timestamp": pd.date_range(start, periods=n_points, freq=frequency),
+                "machine": f"m{s}",
+                **sensors,
+                LABEL_COLUMN: labels,
+            }
+        )
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
