@@ -233,13 +233,16 @@ class AutoencoderDetector(BaseEstimator):
     duplicate_policy : {"reject", "first", "last", "mean"}
         Rows with the same series and timestamp: reject all but the first, or merge them.
     gap_policy : {"split", "resample", "ignore"}
-        A step longer than 1.5 x ``frequency``: no window spans it, points are inserted on the
+        A step longer than ``gap_tolerance`` x ``frequency``: no window spans it, points are inserted on the
         frequency grid (filled by ``gap_fill``, never output), or it is ignored.
     gap_fill : {"linear", "ffill"}
         How inserted points are filled under ``gap_policy="resample"``.
     frequency : str or float, optional
         Expected step (a pandas offset such as ``"1s"``, or seconds); default: the median step
         of the training data.
+    gap_tolerance : float
+        Steps up to this many times ``frequency`` are not gaps (default 2.5: one missed
+        sample passes as jitter).
     kernel_size : int
         Time steps per convolution kernel (conv1d).
     """
@@ -285,6 +288,7 @@ class AutoencoderDetector(BaseEstimator):
         gap_policy: str = "split",
         gap_fill: str = "linear",
         frequency: str | float | None = None,
+        gap_tolerance: float = 2.5,
         kernel_size: int = 7,
     ):
         self.model = model
@@ -326,6 +330,7 @@ class AutoencoderDetector(BaseEstimator):
         self.gap_policy = gap_policy
         self.gap_fill = gap_fill
         self.frequency = frequency
+        self.gap_tolerance = gap_tolerance
         self.kernel_size = kernel_size
 
     # ------------------------------------------------------------------ fitting
@@ -654,6 +659,7 @@ class AutoencoderDetector(BaseEstimator):
             gaps=self.gap_policy,
             gap_fill=self.gap_fill,
             frequency=frequency,
+            gap_tolerance=self.gap_tolerance,
         )
 
     def _series_schema(self, frame: pd.DataFrame) -> TableSchema:

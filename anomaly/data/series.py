@@ -28,8 +28,6 @@ GapFill = Literal["linear", "ffill"]
 DUPLICATE_POLICIES: tuple[str, ...] = ("reject", "first", "last", "mean")
 GAP_POLICIES: tuple[str, ...] = ("split", "resample", "ignore")
 GAP_FILLS: tuple[str, ...] = ("linear", "ffill")
-# A step longer than this many times the expected frequency is a gap.
-GAP_FACTOR = 1.5
 SINGLE_SERIES = ""
 
 
@@ -89,11 +87,14 @@ class SeriesPolicy:
         Rows sharing a series and timestamp: reject all but the first (with a reason), or merge
         them into one point (each row then gets that point's score).
     gaps : {"split", "resample", "ignore"}
-        A step longer than 1.5 x ``frequency``: start a new stretch there (no window spans the
+        A step longer than ``gap_tolerance`` x ``frequency``: start a new stretch there (no window spans the
         gap), insert points on the ``frequency`` grid filled by ``gap_fill`` (inserted points are
         modelled but never output), or treat the points as contiguous.
     frequency : float or None
         Expected step, in seconds for datetime columns; None: no gap handling.
+    gap_tolerance : float
+        A step longer than ``gap_tolerance`` x ``frequency`` is a gap. The default 2.5 lets one
+        missed sample (a step of 2) pass as sampling jitter, as real loggers often show.
     """
 
     time_column: str | None
@@ -103,6 +104,7 @@ class SeriesPolicy:
     gaps: str = "split"
     gap_fill: str = "linear"
     frequency: float | None = None
+    gap_tolerance: float = 2.5
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -317,7 +319,7 @@ def build_layout(
         breaks = np.zeros(len(all_t), dtype=bool)
         if policy.frequency and len(all_t) > 1:
             step = np.diff(all_t)
-            gap = step > GAP_FACTOR * policy.frequency
+            gap = step > policy.gap_tolerance * policy.frequency
             counts["gaps"] += int(gap.sum())
             if gap.any() and policy.gaps == "split":
                 breaks[1:] = gap
