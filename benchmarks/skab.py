@@ -59,7 +59,9 @@ MODELS = {
 
 
 def files(root: Path) -> list[Path]:
-    found = [p for sub in ("valve1", "valve2", "other") for p in (root / "skab" / sub).glob("*.csv")]
+    found = [
+        p for sub in ("valve1", "valve2", "other") for p in (root / "skab" / sub).glob("*.csv")
+    ]
     return sorted(found, key=lambda p: (p.parent.name, int(p.stem)))
 
 
@@ -113,7 +115,9 @@ def main() -> None:
     parser.add_argument("--point-reduction", default="mean")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--patience", type=int, default=10)
-    parser.add_argument("--limit", type=int, default=None, help="only the first N files (smoke run)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="only the first N files (smoke run)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     paths = files(args.datasets)[: args.limit]
@@ -128,14 +132,23 @@ def main() -> None:
         per_seed = []
         for seed in args.seeds:
             counts = sum(
-                (run_file(p, MODELS[name], args, seed) for p in track(paths, f"{name} seed {seed}")),
+                (
+                    run_file(p, MODELS[name], args, seed)
+                    for p in track(paths, f"{name} seed {seed}")
+                ),
                 start=np.zeros(4, dtype=np.int64),
             )
             per_seed.append(scores(counts))
-            print(f"{name} seed {seed}: F1 {per_seed[-1][0]:.3f} FAR {per_seed[-1][1]:.2f} MAR {per_seed[-1][2]:.2f} counts {counts.tolist()}")
+            print(
+                f"{name} seed {seed}: F1 {per_seed[-1][0]:.3f} FAR {per_seed[-1][1]:.2f} MAR {per_seed[-1][2]:.2f} counts {counts.tolist()}"
+            )
         f1, far, mar = np.mean(per_seed, axis=0)
         table.add_row(
-            f"anomaly {name}", f"{f1:.3f}", f"{far:.2f}", f"{mar:.2f}", f"{time.perf_counter() - started:.0f}"
+            f"anomaly {name}",
+            f"{f1:.3f}",
+            f"{far:.2f}",
+            f"{mar:.2f}",
+            f"{time.perf_counter() - started:.0f}",
         )
     for name, (f1, far, mar) in LEADERBOARD.items():
         table.add_row(f"{name} (published)", f"{f1:.2f}", f"{far:.2f}", f"{mar:.2f}", "")

@@ -61,7 +61,9 @@ def test_scores_are_aligned_with_input_rows(conv_detector, incoming_series):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "last"])
-def test_batch_split_in_two_scores_as_the_whole_with_context(normal_series, incoming_series, reduction):
+def test_batch_split_in_two_scores_as_the_whole_with_context(
+    normal_series, incoming_series, reduction
+):
     det = AutoencoderDetector(model="conv1d", point_reduction=reduction, **{**SERIES, "epochs": 3})
     det.fit(normal_series)
     whole = det.score_samples(incoming_series)

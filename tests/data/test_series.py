@@ -130,7 +130,9 @@ def test_context_is_put_in_front_and_only_points_before_the_batch_count():
 
 def test_update_context_keeps_other_series():
     p = policy(series_column="id")
-    old = pd.DataFrame({"id": ["x", "y"], "ts": pd.to_datetime([0, 0], unit="s"), "a": [1.0, 2.0], "b": [0.0, 0.0]})
+    old = pd.DataFrame(
+        {"id": ["x", "y"], "ts": pd.to_datetime([0, 0], unit="s"), "a": [1.0, 2.0], "b": [0.0, 0.0]}
+    )
     new = pd.DataFrame({"id": ["x"], "ts": pd.to_datetime([5], unit="s"), "a": [9.0], "b": [0.0]})
     merged = update_context(old, new, p)
     assert sorted(zip(merged["id"], merged["a"], strict=True)) == [("x", 9.0), ("y", 2.0)]

@@ -44,7 +44,9 @@ def test_fold_in_batches_equals_fold_at_once(rng):
     for reduction in ("mean", "max", "last"):
         fold = PointFold(56, 7, 3, reduction)
         for first in (30, 0, 10):  # out of order on purpose
-            fold.add(errors[first : first + (20 if first == 30 else 10 if first == 0 else 20)], first)
+            fold.add(
+                errors[first : first + (20 if first == 30 else 10 if first == 0 else 20)], first
+            )
         torch.testing.assert_close(fold.result(), fold_window_errors(errors, reduction))
 
 

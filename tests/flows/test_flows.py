@@ -96,3 +96,59 @@ def test_train_and_score_flows(
     artifacts = asyncio.run(flow_run_artifacts(score_state.state_details.flow_run_id))
     assert [a.key for a in artifacts] == ["anomaly-score-summary"]
     assert "rows rejected" in str(artifacts[0].data)
+
+
+def test_train_and_score_flows_for_a_time_series(prefect_server, tmp_path, tracking_config):
+    """A conv1d model trained on a CSV series; two batches scored by two flow runs continue it."""
+    from anomaly.data.synthetic import LABEL_COLUMN, make_series_table
+    from flows.score import score_flow
+    from flows.train import train_flow
+
+    tracking_yaml = write_tracking_yaml(tmp_path / "mlflow.yaml", tracking_config)
+    normal = make_series_table(1200, n_series=2, seed=21)
+    normal.to_csv(tmp_path / "normal.csv", index=False)
+    incoming = make_series_table(900, n_series=2, anomalies=2, seed=22, start="2024-01-01 00:20:00")
+    first, second = (incoming.groupby("machine").nth(s) for s in (slice(0, 450), slice(450, None)))
+    settings = TrainSettings(
+        detector={
+            **FAST,
+            "epochs": 8,
+            "model": "conv1d",
+            "window": 24,
+            "time_column": "timestamp",
+            "series_column": "machine",
+            "key_columns": [LABEL_COLUMN],
+        }
+    )
+    model = train_flow(
+        data=str(tmp_path / "normal.csv"), settings=settings, tracking_config=tracking_yaml
+    )
+    client = MlflowClient(tracking_config.tracking_uri)
+    assert "plots/series_review.png" in {
+        a.path for a in client.list_artifacts(model.run_id, "plots")
+    }
+
+    outputs = []
+    for i, batch in enumerate((first, second)):
+        write_parquet_atomic(batch, tmp_path / f"landing{i}" / "batch.parquet")
+        result = score_flow(
+            data=str(tmp_path / f"landing{i}"),
+            model_uri=model.model_uri,
+            output=str(tmp_path / "out" / f"scores{i}.parquet"),
+            tracking_config=tracking_yaml,
+        )
+        assert result.rows_in == len(batch) == result.rows_scored + result.rows_rejected
+        outputs.append(pd.read_parquet(result.output))
+    context = pd.read_parquet(tmp_path / "out" / "test-detector.context.parquet")
+    assert context.groupby("machine").size().max() <= 2 * 23
+    # The second run continued from the first: its rows score as in one run over both batches.
+    from anomaly.tracking import load_registered_detector
+
+    detector = load_registered_detector(model.model_uri, tracking_config).detector
+    whole = incoming.assign(score=detector.score_samples(incoming))
+    second_scores = outputs[1].merge(whole, on=["machine", "timestamp"])
+    assert len(second_scores) == len(second)
+    pd.testing.assert_series_equal(
+        second_scores["anomaly_score"], second_scores["score"], check_names=False, rtol=1e-5
+    )
+    assert outputs[1]["top_feature"].notna().all()
