@@ -72,6 +72,9 @@ def run_file(path: Path, settings: dict, args: argparse.Namespace, seed: int) ->
     detector = AutoencoderDetector(
         **settings,
         time_column="datetime",
+        # SKAB's rows are scored as consecutive samples, as its leaderboard methods do; a
+        # split at a gap would leave short stretches unscored.
+        gap_policy="ignore",
         feature_columns=SENSORS,
         key_columns=["anomaly", "changepoint"],
         point_reduction=args.point_reduction,
