@@ -224,10 +224,11 @@ class AutoencoderDetector(BaseEstimator):
     time_column, series_column : str, optional
         Timestamp column (datetime or numeric; None: rows are in time order) and series id
         column (None: one series). Both are passed through to scored outputs.
-    point_reduction : {"mean", "max", "last"}
-        How the errors of one point in the windows that cover it become its score: ``mean``
-        and ``max`` over all of them, or ``last``, the window ending at the point (causal: a
-        point's score never depends on later points).
+    point_reduction : {"mean", "max", "min", "last"}
+        How the errors of one point in the windows that cover it become its score: ``mean``,
+        ``max`` or ``min`` over all of them (``min``: flagged only when every covering window
+        is), or ``last``, the window ending at the point (causal: a point's score never depends
+        on later points).
     series_scaling : {"global", "per_series"}
         Fit the scaler on all series together or on each series id separately.
     duplicate_policy : {"reject", "first", "last", "mean"}

@@ -7,8 +7,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-PointReduction = Literal["mean", "max", "last"]
-POINT_REDUCTIONS: tuple[str, ...] = ("mean", "max", "last")
+PointReduction = Literal["mean", "max", "min", "last"]
+POINT_REDUCTIONS: tuple[str, ...] = ("mean", "max", "min", "last")
 
 
 def sliding_windows(values: np.ndarray, window: int, stride: int = 1) -> np.ndarray:
@@ -41,6 +41,8 @@ class PointFold:
     - ``mean``: the point's error averaged over every window that covers it (up to ``window``),
       which smooths one window's bad reconstruction;
     - ``max``: the largest of those errors;
+    - ``min``: the smallest, so a point counts as anomalous only when every window covering it
+      does (a persistence rule: lone spikes in one window are ignored);
     - ``last``: the point's error in the window that ends at it, so a score depends only on the
       point and the ``window - 1`` before it (causal: a later batch never changes it). Points
       before the first full window take their error in the first window.
@@ -62,7 +64,7 @@ class PointFold:
                 f"point reduction must be one of {POINT_REDUCTIONS}, got {reduction!r}"
             )
         self.window, self.reduction = window, reduction
-        fill = -torch.inf if reduction == "max" else 0.0
+        fill = {"max": -torch.inf, "min": torch.inf}.get(reduction, 0.0)
         self.values = torch.full((n_points, n_channels), fill, device=device)
         self.counts = torch.zeros((n_points, 1), device=device)
 
@@ -83,8 +85,10 @@ class PointFold:
             rows = slice(start + k, start + k + n)
             if self.reduction == "mean":
                 self.values[rows] += errors[:, k]
-            else:
+            elif self.reduction == "max":
                 self.values[rows] = torch.maximum(self.values[rows], errors[:, k])
+            else:
+                self.values[rows] = torch.minimum(self.values[rows], errors[:, k])
             self.counts[rows] += 1
 
     def result(self) -> torch.Tensor:

@@ -61,3 +61,7 @@ def test_points_no_window_covers_are_nan():
 def test_unknown_reduction_is_refused():
     with pytest.raises(ValueError, match="point reduction"):
         PointFold(3, 2, 1, "median")  # type: ignore[arg-type]
+
+
+def test_min_fold_by_hand():
+    np.testing.assert_allclose(fold_window_errors(ERRORS, "min").numpy(), [1.0, 2.0, 4.0, 6.0])
