@@ -1,10 +1,11 @@
-"""Command line: ``anomaly train`` and ``anomaly score``."""
+"""Command line: ``anomaly train``, ``anomaly score``, ``anomaly threshold set`` and ``anomaly serve``."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -12,6 +13,9 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from anomaly.errors import AnomalyError
+
+if TYPE_CHECKING:
+    from anomaly.monitoring import GateResult
 
 app = typer.Typer(
     help="Train autoencoder anomaly detectors on normal data and score new batches.",
@@ -141,6 +145,7 @@ def train(
                 "training rows": result.n_rows,
                 "calibration rows": result.n_calibration,
                 "epochs run": result.epochs_run,
+                "promotion gate": _gate_line(result.gate),
                 "MLflow run": result.model.run_id,
             },
         )
@@ -154,7 +159,11 @@ def score(
     ],
     output: Annotated[Path, typer.Option(help="Scored Parquet file to write")],
     model_uri: Annotated[
-        str, typer.Option(help="models:/NAME/VERSION, models:/NAME@ALIAS or models:/NAME/latest")
+        str,
+        typer.Option(
+            help="models:/NAME/VERSION, models:/NAME@ALIAS or models:/NAME/latest "
+            "(default models:/NAME@champion)"
+        ),
     ] = "",
     rejects: Annotated[
         Path | None,
@@ -180,7 +189,7 @@ def score(
     _setup_logging(verbose)
     try:
         tracking = TrackingConfig.load(tracking_config)
-        uri = model_uri or tracking.latest_model_uri
+        uri = model_uri or tracking.champion_model_uri
         result = run_score(
             data,
             uri,
@@ -207,6 +216,107 @@ def score(
             },
         )
     )
+
+
+def _gate_line(gate: GateResult | None) -> str:
+    if gate is None:
+        return "not run"
+    verdict = "passed, now champion" if gate.passed else "FAILED, champion unchanged"
+    return (
+        f"{verdict}: hold-out false-positive rate {gate.false_positive_rate:.2%} of "
+        f"{gate.n_holdout} (interval [{gate.ci_low:.2%}, {gate.ci_high:.2%}], target "
+        f"{gate.target_rate:.2%})" + "".join(f"; {r}" for r in gate.reasons)
+    )
+
+
+threshold_app = typer.Typer(help="Review a registered model's threshold.", no_args_is_help=True)
+app.add_typer(threshold_app, name="threshold")
+
+
+@threshold_app.command("set")
+def threshold_set(
+    model_uri: Annotated[
+        str, typer.Argument(help="models:/NAME/VERSION (or @ALIAS, /latest) to start from")
+    ],
+    reason: Annotated[str, typer.Option(help="Why the threshold changes (recorded for audit)")],
+    quantile: Annotated[
+        float | None, typer.Option(help="New quantile of the stored calibration errors")
+    ] = None,
+    value: Annotated[float | None, typer.Option(help="New threshold value")] = None,
+    by: Annotated[str | None, typer.Option(help="Who changes it (default: the OS user)")] = None,
+    champion: Annotated[
+        bool, typer.Option("--champion", help="Also make the new version the champion")
+    ] = False,
+    tracking_config: TrackingOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Recompute the threshold from the stored calibration errors and register a new version.
+
+    The source version stays as it was; the new one records who changed it and why.
+    """
+    from anomaly.registry import change_threshold
+    from anomaly.tracking import CHAMPION, TrackingConfig
+
+    _setup_logging(verbose)
+    try:
+        if (quantile is None) == (value is None):
+            raise ValueError("give exactly one of --quantile or --value")
+        tracking = TrackingConfig.load(tracking_config)
+        registered, old, new = change_threshold(
+            model_uri,
+            tracking,
+            reason,
+            quantile=quantile,
+            value=value,
+            changed_by=by,
+            alias=CHAMPION if champion else None,
+        )
+    except Exception as exc:
+        _fail(exc, verbose)
+    Console().print(
+        _table(
+            "Threshold changed",
+            {
+                "from": model_uri,
+                "new version": registered.model_uri,
+                "threshold": f"{old:.6g} -> {new:.6g}",
+                "champion": "moved to the new version" if champion else "unchanged",
+                "MLflow run": registered.run_id,
+            },
+        )
+    )
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML of ServeSettings (paths, schedules, train settings, alerts)"),
+    ] = None,
+    landing: Annotated[str | None, typer.Option(help="Landing folder to watch")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Folder for scored files")] = None,
+    train_data: Annotated[str | None, typer.Option(help="Normal data to retrain on")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve the nightly retraining and landing-folder scoring deployments from this process.
+
+    Uses the Prefect API at PREFECT_API_URL, or a local one Prefect starts. Stop with Ctrl-C.
+    """
+    import yaml
+
+    _setup_logging(verbose)
+    try:
+        # Imported by name at call time: the library and the other commands never import
+        # Prefect, and `mypy anomaly` stays on the library (flows are checked by their tests).
+        deployments = importlib.import_module("flows.deployments")
+        ServeSettings, serve_all = deployments.ServeSettings, deployments.serve_all
+
+        data = yaml.safe_load(config.read_text()) or {} if config else {}
+        overrides = {"landing": landing, "output_dir": output_dir, "train_data": train_data}
+        settings = ServeSettings(**(data | {k: v for k, v in overrides.items() if v is not None}))
+    except Exception as exc:
+        _fail(exc, verbose)
+    serve_all(settings)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from anomaly.detectors import AutoencoderDetector
+from anomaly.monitoring import GateSettings
 
 
 def _detector_settings_model() -> type[BaseModel]:
@@ -52,6 +53,10 @@ class TrainSettings(BaseModel):
     )
     calibration_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of normal rows for the threshold"
+    )
+    gate: GateSettings = Field(
+        default_factory=GateSettings,
+        description="Promotion gate: hold-out share, interval confidence, optional AUROC floor",
     )
 
     @classmethod

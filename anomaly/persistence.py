@@ -36,7 +36,7 @@ from anomaly.data.series import SeriesPolicy
 from anomaly.errors import ModelFileError
 from anomaly.models import Objective
 from anomaly.preprocessing import SeriesScaler, TabularPreprocessor
-from anomaly.thresholds import QuantileThreshold
+from anomaly.thresholds import threshold_from_dict
 from anomaly.training import TrainingHistory, resolve_device
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def load_detector(path: str | os.PathLike[str], device: str = "auto") -> Autoenc
         raise ModelFileError(
             f"{directory}: weights do not match the saved configuration ({exc})"
         ) from exc
-    threshold = QuantileThreshold(config["threshold"]["q"]).fit(calibration)
+    threshold = threshold_from_dict(config["threshold"]).fit(calibration)
     if threshold.threshold_ != config["threshold"]["threshold"]:
         raise ModelFileError(
             f"{directory}: calibration scores do not reproduce the saved threshold"

@@ -13,6 +13,7 @@ from anomaly.config import TrainSettings
 from anomaly.data.parquet import list_parquet_files, read_table, write_parquet_atomic
 from anomaly.data.series import list_series_files, read_series, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
+from anomaly.monitoring import GateResult
 from anomaly.scoring import ScoredBatch, score_frame
 from anomaly.tracking import (
     LoadedModel,
@@ -49,15 +50,43 @@ class TrainResult:
     n_calibration: int
     epochs_run: int
     best_val_loss: float | None
+    gate: GateResult | None = None
 
 
 def train(
-    data: str, settings: TrainSettings, tracking: TrackingConfig, run_name: str | None = None
+    data: str,
+    settings: TrainSettings,
+    tracking: TrackingConfig,
+    run_name: str | None = None,
+    holdout: str | None = None,
+    labelled: str | None = None,
 ) -> TrainResult:
-    """Read normal data, fit, calibrate, log to MLflow and register a new model version."""
+    """Read normal data, fit, calibrate, log to MLflow, register a new version and gate it.
+
+    The gate checks the threshold on normal rows the model never saw: ``holdout`` (Parquet) when
+    given, else ``settings.gate.holdout_fraction`` of ``data`` set aside before fitting; with
+    ``labelled`` data (a label column, see :class:`GateSettings`) also an AUROC floor. Only a
+    version that passes becomes ``models:/NAME@champion``.
+    """
+    from anomaly.registry import gate_and_promote, split_holdout
+
     frame = read_training_data(data, settings)
-    detector = fit_detector(frame, settings)
-    registered = log_training_run(detector, frame, data, tracking, run_name=run_name)
+    if holdout is not None:
+        fit_frame, holdout_frame = frame, read_training_data(holdout, settings)
+    else:
+        fit_frame, holdout_frame = split_holdout(
+            frame, settings.gate.holdout_fraction, contiguous=settings.detector.window is not None
+        )
+    detector = fit_detector(fit_frame, settings)
+    registered = log_training_run(detector, fit_frame, data, tracking, run_name=run_name)
+    gate = gate_and_promote(
+        registered,
+        detector,
+        holdout_frame,
+        tracking,
+        settings.gate,
+        read_table(labelled) if labelled else None,
+    )
     history = detector.history_
     return TrainResult(
         model=registered,
@@ -66,6 +95,7 @@ def train(
         n_calibration=int(detector.fit_info_["n_calibration"]),
         epochs_run=len(history.train_loss),
         best_val_loss=min(history.val_loss) if history.val_loss else None,
+        gate=gate,
     )
 
 

@@ -126,3 +126,35 @@ def series_review(
             ax.axvspan(times[start], times[min(end, len(times) - 1)], color="tab:red", alpha=0.2)
     axes[0].set_title(f"{title} ({int(flagged.sum())} of {len(scores)} points flagged)")
     return fig
+
+
+def latent_pca(latent: np.ndarray, flagged: np.ndarray, threshold: float) -> Figure:
+    """Latent codes ``(n, latent_dim)`` projected on their first two principal components.
+
+    Points above the threshold (``flagged``, ``(n,)`` bool) are drawn in red on top, so a
+    reviewer sees whether flagged rows sit apart or inside the normal cloud.
+    """
+    from sklearn.decomposition import PCA
+
+    codes = np.asarray(latent, dtype=np.float64)
+    mask = np.asarray(flagged, dtype=bool)
+    fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
+    if codes.shape[1] >= 2:
+        pca = PCA(n_components=2).fit(codes)
+        xy = pca.transform(codes)
+        ax.set_xlabel(f"PC1 ({pca.explained_variance_ratio_[0]:.0%} of variance)")
+        ax.set_ylabel(f"PC2 ({pca.explained_variance_ratio_[1]:.0%} of variance)")
+    else:  # a 1-D latent space: plot it against the row index
+        xy = np.column_stack([codes[:, 0], np.arange(len(codes))])
+        ax.set_xlabel("latent code")
+        ax.set_ylabel("row")
+    below, above = xy[~mask], xy[mask]
+    ax.scatter(
+        below[:, 0], below[:, 1], s=6, alpha=0.4, color="tab:blue", label=f"below ({len(below)})"
+    )
+    ax.scatter(
+        above[:, 0], above[:, 1], s=10, alpha=0.9, color="tab:red", label=f"above ({len(above)})"
+    )
+    ax.set_title(f"Latent space of calibration rows, threshold {threshold:.4g}")
+    ax.legend()
+    return fig

@@ -98,3 +98,42 @@ class QuantileThreshold:
             "threshold": self.threshold_,
             "n_calibration": len(self.calibration_scores_),
         }
+
+
+class FixedThreshold(QuantileThreshold):
+    """A threshold set to a chosen value by a reviewer, with the calibration scores kept.
+
+    ``q`` becomes the conformal coverage of the value, ``#{calibration <= value} / (n + 1)``,
+    so ``1 - q`` is still the false-positive rate to expect on normal data, and p-values are
+    unchanged.
+
+    Parameters
+    ----------
+    value : float
+        The threshold; scores above it are flagged.
+    """
+
+    def __init__(self, value: float):
+        if not np.isfinite(value):
+            raise ValueError(f"threshold value must be finite, got {value}")
+        self.value = float(value)
+
+    def fit(self, calibration_scores: np.ndarray) -> FixedThreshold:
+        """Keep the calibration scores and set ``threshold_ = value`` and its coverage ``q``."""
+        scores = np.sort(np.asarray(calibration_scores, dtype=np.float64).ravel())
+        if not len(scores) or not np.isfinite(scores).all():
+            raise CalibrationError("a fixed threshold needs finite calibration scores")
+        self.calibration_scores_ = scores
+        self.threshold_ = self.value
+        self.q = float(np.searchsorted(scores, self.value, side="right") / (len(scores) + 1))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return super().to_dict() | {"kind": "fixed"}
+
+
+def threshold_from_dict(config: dict[str, Any]) -> QuantileThreshold:
+    """An unfitted threshold object from the ``to_dict`` of a saved one."""
+    if config.get("kind", "quantile") == "fixed":
+        return FixedThreshold(config["threshold"])
+    return QuantileThreshold(config["q"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -27,6 +30,7 @@ from anomaly.errors import ModelFileError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from anomaly.detectors import AutoencoderDetector
+    from anomaly.monitoring import BatchReport, GateResult
     from anomaly.scoring import ScoredBatch
 
 logger = logging.getLogger(__name__)
@@ -34,6 +38,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONFIG_PATH = Path("mlflow.yaml")
 _PYFUNC_ENTRY = Path(__file__).with_name("mlflow_model.py")
 _CALIBRATION_LEVELS = (0.5, 0.9, 0.95, 0.99, 0.999)
+CHAMPION = "champion"
+_KEY_TAG = "anomaly.idempotency_key"
 
 
 class TrackingConfig(BaseModel):
@@ -50,6 +56,11 @@ class TrackingConfig(BaseModel):
     def latest_model_uri(self) -> str:
         """``models:/NAME/latest`` for the configured registered model."""
         return f"models:/{self.registered_model_name}/latest"
+
+    @property
+    def champion_model_uri(self) -> str:
+        """``models:/NAME@champion``: the version that passed the promotion gate last."""
+        return f"models:/{self.registered_model_name}@{CHAMPION}"
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> TrackingConfig:
@@ -114,20 +125,44 @@ def log_training_run(
     config: TrackingConfig,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    idempotency_key: str | None = None,
 ) -> RegisteredModel:
     """Log a fitted detector's run and register it as a new model version.
 
     Logs every hyperparameter, the data split, per-epoch losses, the threshold and calibration
-    error quantiles, the training data as a dataset input, review plots, and the model as a
-    pyfunc (preprocessor + network + threshold) with signature and input example.
+    error quantiles, the training data as a dataset input, review plots, a threshold review
+    (quantile table, latent view, summary), and the model as a pyfunc (preprocessor + network +
+    threshold) with signature and input example. The version is tagged with the data source and
+    digest, threshold, quantile, calibration size and validation loss.
+
+    With ``idempotency_key``, a repeated call (a retried task) whose first attempt finished
+    returns the version that attempt registered instead of registering another.
     """
     detector._check_fitted()
-    configure(config)
+    experiment_id = configure(config)
+    client = MlflowClient()
+    if (done := _finished_run(experiment_id, idempotency_key)) is not None:
+        versions = client.search_model_versions(
+            f"name='{config.registered_model_name}' and run_id='{done}'"
+        )
+        if versions:
+            version = str(versions[0].version)
+            logger.info(
+                "run %s already registered version %s; not registering again", done, version
+            )
+            return RegisteredModel(
+                done,
+                config.registered_model_name,
+                version,
+                f"models:/{config.registered_model_name}/{version}",
+                mlflow.get_tracking_uri(),
+            )
     thr = detector.thresholder_
     history = detector.history_
-    with mlflow.start_run(
-        run_name=run_name, tags={"anomaly.run_type": "training", **(tags or {})}
-    ) as run:
+    run_tags = {"anomaly.run_type": "training", **(tags or {})}
+    if idempotency_key:
+        run_tags[_KEY_TAG] = _hash_key(idempotency_key)
+    with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
         mlflow.log_params(_flat_params(detector))
         mlflow.log_params(
             {f"data.{k}": v for k, v in detector.fit_info_.items()} | {"data.source": data_source}
@@ -139,7 +174,6 @@ def log_training_run(
             }
         )
 
-        client = MlflowClient()
         epochs = [
             mlflow.entities.Metric(name, float(value), 0, step)
             for name, values in (("train_loss", history.train_loss), ("val_loss", history.val_loss))
@@ -190,6 +224,7 @@ def log_training_run(
             "plots/feature_errors.png",
         )
         mlflow.log_dict(per_feature.to_dict(), "feature_errors.json")
+        _log_threshold_review(detector, training_frame, data_source)
 
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "detector"
@@ -215,6 +250,8 @@ def log_training_run(
             "quantile": str(thr.q),
             "calibration_size": str(len(thr.calibration_scores_)),
             "data_source": data_source,
+            "data_digest": frame_digest(training_frame),
+            "validation_loss": f"{min(history.val_loss):.6g}" if history.val_loss else "",
             "run_id": run.info.run_id,
         }.items():
             client.set_model_version_tag(config.registered_model_name, version, key, value)
@@ -282,6 +319,100 @@ def _review_series(
     clean = training_frame.loc[reasons == "", columns]
     example = clean.head(2 * int(detector.window)).reset_index(drop=True)  # type: ignore[arg-type]
     return per_feature, example
+
+
+def _hash_key(key: str) -> str:
+    # Hashed so that any text (paths with quotes) is safe inside an MLflow filter string.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _finished_run(experiment_id: str, idempotency_key: str | None) -> str | None:
+    """The id of a finished run logged earlier under ``idempotency_key``, if any."""
+    if not idempotency_key:
+        return None
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{_KEY_TAG}` = '{_hash_key(idempotency_key)}' "
+        "and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def frame_digest(frame: pd.DataFrame) -> str:
+    """Content digest of a table (values and column names, not the file layout): 16 hex digits."""
+    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _log_threshold_review(
+    detector: AutoencoderDetector, training_frame: pd.DataFrame, data_source: str
+) -> None:
+    """What a reviewer needs to judge the threshold: quantile table, latent view, summary.
+
+    The latent view covers tabular models (calibration rows); a series model's review plot is
+    ``plots/series_review.png``.
+    """
+    thr = detector.thresholder_
+    calibration_rows = training_frame.iloc[:0]
+    if detector.window is None:
+        split = getattr(detector, "split_index_", None)
+        review = (
+            training_frame.loc[split["calibration"]]
+            if split is not None and split["calibration"].isin(training_frame.index).all()
+            else training_frame
+        )
+        calibration_rows = review.loc[
+            (invalid_row_reasons(review, detector.schema_) == "").to_numpy()
+        ]
+    quantiles = thr.quantiles(_CALIBRATION_LEVELS)
+    table = pd.DataFrame(
+        {
+            "quantile": [f"{lv:g}" for lv in quantiles],
+            "calibration_error": list(quantiles.values()),
+            "share_of_calibration_above": [
+                float((thr.calibration_scores_ > v).mean()) for v in quantiles.values()
+            ],
+        }
+    )
+    mlflow.log_table(table, "review/threshold_quantiles.json")
+    flagged_share = None
+    if len(calibration_rows) >= 3:
+        sample = calibration_rows.sample(n=min(len(calibration_rows), 3000), random_state=0)
+        flagged = detector.predict(sample)
+        flagged_share = float(flagged.mean())
+        _log_figure(
+            plots.latent_pca(detector.latent(sample), flagged, detector.threshold_),
+            "plots/latent_pca.png",
+        )
+    lines = [
+        "# Threshold review",
+        "",
+        f"- data: `{data_source}`",
+        f"- threshold: **{detector.threshold_:.6g}**, the conformal {thr.q:g} quantile of "
+        f"{len(thr.calibration_scores_)} held-out normal errors",
+        f"- expected false-positive rate on normal data: at most {1 - thr.q:.2%}",
+    ]
+    if flagged_share is not None:
+        lines.append(f"- share of calibration rows above it: {flagged_share:.2%}")
+    lines += [
+        "",
+        "| quantile | calibration error | share above |",
+        "|---|---|---|",
+        *(
+            f"| {row.quantile} | {row.calibration_error:.6g} | {row.share_of_calibration_above:.2%} |"
+            for row in table.itertuples()
+        ),
+        "",
+        "Plots: `plots/calibration_histogram.png` (errors and the threshold line), "
+        "`plots/latent_pca.png` (latent codes, flagged rows in red). Scoring runs log "
+        "`plots/batch_score_histogram.png` for each batch against these errors.",
+        "",
+        "Change the threshold without retraining: "
+        "`anomaly threshold set MODEL_URI --quantile Q --reason '...'`",
+    ]
+    mlflow.log_text("\n".join(lines) + "\n", "review/threshold_summary.md")
 
 
 def _requirements() -> list[str]:
@@ -369,10 +500,25 @@ def log_scoring_run(
     rejects_path: str | None,
     config: TrackingConfig,
     run_name: str | None = None,
+    report: BatchReport | None = None,
+    idempotency_key: str | None = None,
 ) -> str:
-    """Log one scored batch: counts, anomaly rate, score quantiles and a score histogram."""
-    configure(config)
-    with mlflow.start_run(run_name=run_name, tags={"anomaly.run_type": "scoring"}) as run:
+    """Log one scored batch: counts, anomaly rate, score quantiles and a score histogram.
+
+    With a monitoring ``report``, also its drift and alert figures, an ``anomaly.alert`` tag, and
+    the same figures as the next step of the model version's monitoring run
+    (``monitor NAME vVERSION``), so the MLflow UI charts them over time per model. With
+    ``idempotency_key``, a repeat of a call that finished returns the run it logged.
+    """
+    experiment_id = configure(config)
+    if (done := _finished_run(experiment_id, idempotency_key)) is not None:
+        return done
+    tags = {"anomaly.run_type": "scoring", "anomaly.model": f"{model.name}/{model.version}"}
+    if idempotency_key:
+        tags[_KEY_TAG] = _hash_key(idempotency_key)
+    if report is not None:
+        tags["anomaly.alert"] = "; ".join(report.alerts) or "none"
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
         mlflow.log_params(
             {
                 "model_uri": model.model_uri,
@@ -398,6 +544,8 @@ def log_scoring_run(
                 f"score_p{lv * 100:g}".replace(".", "_"): float(np.quantile(scores, lv))
                 for lv in _CALIBRATION_LEVELS
             }
+        if report is not None:
+            metrics |= report.metrics()
         mlflow.log_metrics(metrics)
         thr = model.detector.thresholder_
         _log_figure(
@@ -410,7 +558,194 @@ def log_scoring_run(
             ),
             "plots/batch_score_histogram.png",
         )
-        return run.info.run_id
+        run_id = run.info.run_id
+    if report is not None:
+        _log_monitor_step(experiment_id, model, metrics, run_id)
+    return run_id
+
+
+def _log_monitor_step(
+    experiment_id: str, model: LoadedModel, metrics: dict[str, float], scoring_run_id: str
+) -> None:
+    """Append a batch's figures to the model version's long-lived monitoring run, one step each."""
+    client = MlflowClient()
+    target = f"{model.name}/{model.version}"
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`anomaly.monitor_for` = '{target}'",
+        max_results=1,
+    )
+    if runs:
+        monitor_id = runs[0].info.run_id
+        steps = client.get_metric_history(monitor_id, "rows_scored")
+        step = max((m.step for m in steps), default=-1) + 1
+    else:
+        monitor_id = client.create_run(
+            experiment_id,
+            run_name=f"monitor {model.name} v{model.version}",
+            tags={"anomaly.run_type": "monitoring", "anomaly.monitor_for": target},
+        ).info.run_id
+        step = 0
+    stamp = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
+    client.log_batch(
+        monitor_id,
+        metrics=[mlflow.entities.Metric(k, float(v), stamp, step) for k, v in metrics.items()],
+    )
+    client.set_tag(monitor_id, "anomaly.last_scoring_run", scoring_run_id)
+
+
+def promote(
+    model: RegisteredModel,
+    gate: GateResult,
+    config: TrackingConfig,
+    alias: str = CHAMPION,
+) -> bool:
+    """Record the promotion gate on the training run and the version; move ``alias`` if it passed.
+
+    The gate's figures go to the run as ``gate_*`` metrics and ``review/gate.json``, and to the
+    model version as ``gate.*`` tags. A failed gate leaves the alias where it was, so the serving
+    model (``models:/NAME@champion``) is never replaced by a version that failed.
+    """
+    configure(config)
+    client = MlflowClient()
+    figures = {
+        "gate_passed": float(gate.passed),
+        "gate_false_positive_rate": gate.false_positive_rate,
+        "gate_ci_low": gate.ci_low,
+        "gate_ci_high": gate.ci_high,
+        "gate_n_holdout": gate.n_holdout,
+        **({"gate_auroc": gate.auroc} if gate.auroc is not None else {}),
+    }
+    stamp = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
+    client.log_batch(
+        model.run_id, metrics=[mlflow.entities.Metric(k, v, stamp, 0) for k, v in figures.items()]
+    )
+    client.log_text(model.run_id, json.dumps(gate.as_dict(), indent=1), "review/gate.json")
+    tags = {
+        "gate.passed": str(gate.passed).lower(),
+        "gate.false_positive_rate": f"{gate.false_positive_rate:.4g}",
+        "gate.interval": f"[{gate.ci_low:.4g}, {gate.ci_high:.4g}] at {gate.confidence:g}",
+        "gate.n_holdout": str(gate.n_holdout),
+        "gate.auroc": "" if gate.auroc is None else f"{gate.auroc:.4f}",
+        "gate.reasons": "; ".join(gate.reasons) or "none",
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(model.name, model.version, key, value)
+    if gate.passed:
+        client.set_registered_model_alias(model.name, alias, model.version)
+        logger.info(
+            "%s passed the gate: alias %s -> version %s", model.model_uri, alias, model.version
+        )
+    else:
+        logger.warning(
+            "%s failed the gate (%s); alias %s unchanged",
+            model.model_uri,
+            "; ".join(gate.reasons),
+            alias,
+        )
+    return gate.passed
+
+
+def alias_version(name: str, alias: str, config: TrackingConfig) -> str | None:
+    """The version ``models:/NAME@ALIAS`` points at, or None when the alias is not set."""
+    configure(config)
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def register_threshold_change(
+    source: LoadedModel,
+    detector: AutoencoderDetector,
+    reason: str,
+    config: TrackingConfig,
+    changed_by: str | None = None,
+    alias: str | None = None,
+) -> RegisteredModel:
+    """Register ``detector`` (``source``'s network with a new threshold) as a new version.
+
+    The source version is left as it was. The new version carries the source's data tags, the
+    new threshold and quantile, and who changed it and why; a run of type ``threshold-change``
+    holds the old and new figures and the calibration histogram. ``alias`` (e.g. ``champion``)
+    is moved to the new version only when given.
+    """
+    configure(config)
+    client = MlflowClient()
+    who = changed_by or getpass.getuser()
+    old = source.detector.thresholder_
+    new = detector.thresholder_
+    info = mlflow.models.get_model_info(source.model_uri)
+    source_tags = client.get_model_version(source.name, source.version).tags
+    with mlflow.start_run(
+        run_name=f"threshold {source.name} v{source.version}",
+        tags={
+            "anomaly.run_type": "threshold-change",
+            "anomaly.changed_by": who,
+            "anomaly.reason": reason,
+        },
+    ) as run:
+        mlflow.log_params(
+            {
+                "source_model_uri": source.model_uri,
+                "old_threshold": f"{old.threshold_:.6g}",
+                "old_quantile": str(old.q),
+                "new_threshold": f"{new.threshold_:.6g}",
+                "new_quantile": str(new.q),
+                "changed_by": who,
+                "reason": reason[:500],
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "threshold": new.threshold_,
+                "quantile": new.q,
+                "calibration_size": len(new.calibration_scores_),
+                "share_of_calibration_above": float(
+                    (new.calibration_scores_ > new.threshold_).mean()
+                ),
+            }
+        )
+        _log_figure(
+            plots.score_histogram(new.calibration_scores_, new.threshold_, new.q),
+            "plots/calibration_histogram.png",
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = Path(tmp) / "detector"
+            detector.save(saved)
+            logged = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(_PYFUNC_ENTRY),
+                artifacts={"detector": str(saved)},
+                code_paths=[str(Path(__file__).parent)],
+                signature=info.signature,
+                registered_model_name=source.name,
+                pip_requirements=_requirements(),
+            )
+    version = str(logged.registered_model_version)
+    carried = {
+        k: v for k, v in source_tags.items() if k.startswith("data_") or k == "validation_loss"
+    }
+    for key, value in {
+        **carried,
+        "threshold": f"{new.threshold_:.6g}",
+        "quantile": str(new.q),
+        "calibration_size": str(len(new.calibration_scores_)),
+        "run_id": run.info.run_id,
+        "threshold_changed_from": f"{source.model_uri} ({old.threshold_:.6g}, q={old.q:g})",
+        "threshold_changed_by": who,
+        "threshold_change_reason": reason,
+    }.items():
+        client.set_model_version_tag(source.name, version, key, value)
+    if alias:
+        client.set_registered_model_alias(source.name, alias, version)
+    model_uri = f"models:/{source.name}/{version}"
+    logger.info(
+        "registered %s with threshold %.6g (was %.6g)", model_uri, new.threshold_, old.threshold_
+    )
+    return RegisteredModel(
+        run.info.run_id, source.name, version, model_uri, mlflow.get_tracking_uri()
+    )
 
 
 def ui_command(config: TrackingConfig) -> str:

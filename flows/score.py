@@ -72,14 +72,14 @@ def score_flow(
     device: str = "auto",
     context: str | None = None,
 ) -> ScoreResult:
-    """Score every Parquet file under ``data`` with ``model_uri`` (default: latest registered version).
+    """Score every Parquet file under ``data`` with ``model_uri`` (default: ``models:/NAME@champion``).
 
     ``context``: for a time-series model, the file that carries the last points of each series
     from one run to the next (default: beside ``output``).
     """
     check_output_path(output)
     tracking = TrackingConfig.load(tracking_config)
-    model = load_model(model_uri or tracking.latest_model_uri, tracking, device)
+    model = load_model(model_uri or tracking.champion_model_uri, tracking, device)
     batch = score_data(model, data, context or str(context_path_for(output, model.name)))
     out, rej = write(batch, output, rejects)
     run_id = log_batch(batch, model, data, out, rej, tracking)

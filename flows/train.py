@@ -1,16 +1,19 @@
-"""Training flow: read normal data, fit and calibrate a detector, log it to MLflow and register it."""
+"""Training flow: read normal data, fit and calibrate a detector, log it to MLflow, register and gate it."""
 
 from __future__ import annotations
 
 import pandas as pd
 from prefect import flow, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from anomaly.config import TrainSettings
 from anomaly.detectors import AutoencoderDetector
+from anomaly.monitoring import GateResult, GateSettings
 from anomaly.pipeline import fit_detector, read_training_data
-from anomaly.tracking import RegisteredModel, TrackingConfig, log_training_run
+from anomaly.registry import evaluate_gate, split_holdout
+from anomaly.tracking import RegisteredModel, TrackingConfig, log_training_run, promote
 from flows import retry_unless_bad_input
 
 
@@ -25,13 +28,25 @@ def load_normal_data(data: str, settings: TrainSettings) -> pd.DataFrame:
 
 
 @task(cache_policy=NO_CACHE)
+def hold_out(
+    frame: pd.DataFrame, fraction: float, contiguous: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return split_holdout(frame, fraction, contiguous=contiguous)
+
+
+@task(cache_policy=NO_CACHE)
 def fit(frame: pd.DataFrame, settings: TrainSettings) -> AutoencoderDetector:
     return fit_detector(frame, settings)
 
 
-# No retries: registering is not idempotent, and a retry after a partial failure would
-# register a second version of the same model.
-@task(cache_policy=NO_CACHE)
+# Retried safely: a repeat finds the version the first attempt registered (by the flow run's
+# key) instead of registering a second one.
+@task(
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
 def log_and_register(
     detector: AutoencoderDetector,
     frame: pd.DataFrame,
@@ -39,7 +54,35 @@ def log_and_register(
     tracking: TrackingConfig,
     run_name: str | None,
 ) -> RegisteredModel:
-    return log_training_run(detector, frame, data, tracking, run_name=run_name)
+    return log_training_run(
+        detector,
+        frame,
+        data,
+        tracking,
+        run_name=run_name,
+        idempotency_key=f"prefect-flow-run:{flow_run.get_id()}" if flow_run.get_id() else None,
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def gate(
+    detector: AutoencoderDetector,
+    holdout: pd.DataFrame,
+    settings: GateSettings,
+    labelled: pd.DataFrame | None,
+) -> GateResult:
+    return evaluate_gate(detector, holdout, settings, labelled)
+
+
+# Setting tags and an alias again is harmless, so this may retry.
+@task(
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
+def record_gate(model: RegisteredModel, result: GateResult, tracking: TrackingConfig) -> bool:
+    return promote(model, result, tracking)
 
 
 @flow(name="anomaly-train", log_prints=True)
@@ -48,30 +91,53 @@ def train_flow(
     settings: TrainSettings | None = None,
     tracking_config: str | None = None,
     run_name: str | None = None,
+    holdout: str | None = None,
+    labelled: str | None = None,
 ) -> RegisteredModel:
-    """Fit an autoencoder on normal data, calibrate its threshold, log to MLflow and register a version."""
+    """Fit an autoencoder on normal data, calibrate, log to MLflow, register and gate a version.
+
+    The version becomes ``models:/NAME@champion`` only if it passes the promotion gate on
+    ``holdout`` (default: a share of ``data`` kept out of training) and, with ``labelled`` data,
+    the AUROC floor.
+    """
     settings = settings or TrainSettings()
     tracking = TrackingConfig.load(tracking_config)
     frame = load_normal_data(data, settings)
-    detector = fit(frame, settings)
-    model = log_and_register(detector, frame, data, tracking, run_name)
-    create_table_artifact(
+    if holdout:
+        fit_frame, holdout_frame = frame, load_normal_data(holdout, settings)
+    else:
+        fit_frame, holdout_frame = hold_out(
+            frame, settings.gate.holdout_fraction, settings.detector.window is not None
+        )
+    labelled_frame = load_normal_data(labelled, settings) if labelled else None
+    detector = fit(fit_frame, settings)
+    model = log_and_register(detector, fit_frame, data, tracking, run_name)
+    result = gate(detector, holdout_frame, settings.gate, labelled_frame)
+    record_gate(model, result, tracking)
+    info = detector.fit_info_
+    verdict = "passed: now `champion`" if result.passed else "FAILED: `champion` unchanged"
+    auroc = f", AUROC {result.auroc:.3f}" if result.auroc is not None else ""
+    create_markdown_artifact(
         key="anomaly-train-summary",
-        table=[
-            {"item": "model", "value": f"{model.name} v{model.version}"},
-            {"item": "threshold", "value": f"{detector.threshold_:.6g} (q={settings.quantile})"},
-            {"item": "training rows", "value": len(frame)},
-            {"item": "rows set aside (NaN/inf)", "value": detector.fit_info_["n_rejected"]},
-            {
-                "item": "fit / validation / calibration",
-                "value": "{n_fit} / {n_validation} / {n_calibration}".format(**detector.fit_info_),
-            },
-            {
-                "item": "epochs run (best)",
-                "value": f"{len(detector.history_.train_loss)} ({detector.history_.best_epoch})",
-            },
-            {"item": "MLflow run", "value": model.run_id},
-        ],
+        markdown="\n".join(
+            [
+                f"## Trained `{model.model_uri}`",
+                "",
+                "| item | value |",
+                "|---|---|",
+                f"| threshold | {detector.threshold_:.6g} (q={settings.quantile}) |",
+                f"| training rows | {len(frame)} ({len(holdout_frame)} held out for the gate) |",
+                f"| rows set aside (NaN/inf) | {info['n_rejected']} |",
+                f"| fit / validation / calibration | {info['n_fit']} / {info['n_validation']} / {info['n_calibration']} |",
+                f"| epochs run (best) | {len(detector.history_.train_loss)} ({detector.history_.best_epoch}) |",
+                f"| gate | {verdict} |",
+                f"| hold-out false-positive rate | {result.false_positive_rate:.2%} "
+                f"(interval [{result.ci_low:.2%}, {result.ci_high:.2%}], target {result.target_rate:.2%}){auroc} |",
+                f"| MLflow run | {model.run_id} |",
+                "",
+                *(f"- {reason}" for reason in result.reasons),
+            ]
+        ),
         description=f"Training run for `{model.model_uri}` on `{data}`",
     )
     return model

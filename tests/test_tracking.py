@@ -40,6 +40,7 @@ def test_training_run_logs_params_metrics_plots_and_dataset(
         "plots/calibration_histogram.png",
         "plots/loss_curves.png",
         "plots/feature_errors.png",
+        "plots/latent_pca.png",
     }
     assert (
         run.inputs.dataset_inputs[0].dataset.source.endswith("data/train.parquet")

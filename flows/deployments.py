@@ -1,0 +1,88 @@
+"""Scheduled deployments: nightly retraining and frequent scoring of a landing folder.
+
+``anomaly serve`` (or ``python -m flows.deployments``) serves both from this process: Prefect
+schedules the runs and this process executes them, against ``PREFECT_API_URL`` when set, else a
+local server Prefect starts for the process. ``prefect.yaml`` declares the same two deployments
+for ``prefect deploy`` onto a Prefect server and a work pool (see the README).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from anomaly.config import TrainSettings
+from anomaly.monitoring import AlertSettings
+
+
+class ServeSettings(BaseModel):
+    """Where the scheduled runs read and write, and when they run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train_data: str = Field("data/sensors_train.parquet", description="Normal data to retrain on")
+    train_cron: str = Field("0 2 * * *", description="Retraining schedule (cron, server time)")
+    landing: str = Field("data/landing", description="Folder new Parquet batches arrive in")
+    output_dir: str = Field("outputs/landing", description="Scored files and the ledger")
+    score_interval_seconds: int = Field(300, gt=0, description="How often to look for new files")
+    min_age_seconds: float = Field(
+        30.0, ge=0, description="Leave files younger than this (still being copied in)"
+    )
+    tracking_config: str | None = Field(None, description="mlflow.yaml (default ./mlflow.yaml)")
+    notification_block: str | None = Field(
+        None, description="Prefect notification block for alerts, e.g. slack-webhook/ops"
+    )
+    train_settings: TrainSettings = Field(default_factory=TrainSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+
+
+def build_deployments(settings: ServeSettings | None = None) -> list[Any]:
+    """The retraining and landing-scoring deployments, with their schedules and parameters."""
+    from flows.landing import landing_flow
+    from flows.train import train_flow
+
+    settings = settings or ServeSettings()
+    retrain = train_flow.to_deployment(
+        name="nightly-retrain",
+        cron=settings.train_cron,
+        parameters={
+            "data": settings.train_data,
+            "settings": settings.train_settings.model_dump(),
+            "tracking_config": settings.tracking_config,
+        },
+        tags=["anomaly", "training"],
+        description="Retrain on normal data; the new version becomes champion only if it passes the gate.",
+        concurrency_limit=1,
+    )
+    score = landing_flow.to_deployment(
+        name="score-landing",
+        interval=settings.score_interval_seconds,
+        parameters={
+            "landing": settings.landing,
+            "output_dir": settings.output_dir,
+            "tracking_config": settings.tracking_config,
+            "alerts": settings.alerts.model_dump(),
+            "notification_block": settings.notification_block,
+            "min_age_seconds": settings.min_age_seconds,
+        },
+        tags=["anomaly", "scoring"],
+        description="Score new files in the landing folder with models:/NAME@champion, once each.",
+        # One run at a time: the ledger has a single writer.
+        concurrency_limit=1,
+    )
+    return [retrain, score]
+
+
+def serve_all(settings: ServeSettings | None = None) -> None:
+    """Serve both deployments from this process until interrupted."""
+    from prefect import serve
+
+    for folder in filter(None, [(settings or ServeSettings()).landing]):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    serve(*build_deployments(settings))
+
+
+if __name__ == "__main__":
+    serve_all()

@@ -1,0 +1,157 @@
+"""Registry operations against a real temporary MLflow store: tags, the promotion gate, threshold changes."""
+
+import json
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from anomaly.cli import app
+from anomaly.data.synthetic import make_sensor_table
+from anomaly.registry import change_threshold, gate_and_promote
+from anomaly.thresholds import QuantileThreshold
+from anomaly.tracking import alias_version, load_registered_detector, log_training_run
+
+
+@pytest.fixture
+def client(tracking_config):
+    return MlflowClient(tracking_config.tracking_uri)
+
+
+def test_version_tags_and_threshold_review_artifacts(
+    fitted_detector, normal_table, tracking_config, client
+):
+    model = log_training_run(fitted_detector, normal_table, "data/train.parquet", tracking_config)
+    tags = client.get_model_version("test-detector", model.version).tags
+    assert tags["data_source"] == "data/train.parquet"
+    assert len(tags["data_digest"]) == 16
+    assert float(tags["validation_loss"]) == pytest.approx(
+        min(fitted_detector.history_.val_loss), rel=1e-4
+    )
+    assert {"threshold", "quantile", "calibration_size"} <= set(tags)
+    review = {a.path for a in client.list_artifacts(model.run_id, "review")}
+    assert review >= {"review/threshold_summary.md", "review/threshold_quantiles.json"}
+    summary = client.download_artifacts(model.run_id, "review/threshold_summary.md")
+    text = open(summary).read()
+    assert f"{fitted_detector.threshold_:.6g}" in text and "| 0.999 |" in text
+    # Same data in a different row order is a different table; the same table, the same digest.
+    again = log_training_run(fitted_detector, normal_table, "other/path.parquet", tracking_config)
+    assert (
+        client.get_model_version("test-detector", again.version).tags["data_digest"]
+        == tags["data_digest"]
+    )
+
+
+def test_gate_moves_champion_only_when_it_passes(
+    fitted_detector, normal_table, tracking_config, client
+):
+    first = log_training_run(fitted_detector, normal_table, "train.parquet", tracking_config)
+    passed = gate_and_promote(
+        first, fitted_detector, make_sensor_table(600, seed=101), tracking_config
+    )
+    assert passed.passed, passed.reasons
+    assert alias_version("test-detector", "champion", tracking_config) == first.version
+
+    second = log_training_run(fitted_detector, normal_table, "train.parquet", tracking_config)
+    # A hold-out slice that is not like the training data: far more rows above the threshold.
+    failed = gate_and_promote(
+        second,
+        fitted_detector,
+        make_sensor_table(600, anomaly_fraction=0.3, seed=102),
+        tracking_config,
+    )
+    assert not failed.passed and failed.false_positive_rate > 0.15
+    assert alias_version("test-detector", "champion", tracking_config) == first.version
+    tags = client.get_model_version("test-detector", second.version).tags
+    assert tags["gate.passed"] == "false" and "excludes the target" in tags["gate.reasons"]
+    assert client.get_model_version("test-detector", first.version).tags["gate.passed"] == "true"
+    run = client.get_run(second.run_id)
+    assert run.data.metrics["gate_passed"] == 0.0
+    gate_file = client.download_artifacts(second.run_id, "review/gate.json")
+    assert json.load(open(gate_file))["passed"] is False
+
+
+def test_retried_registration_registers_once(
+    fitted_detector, normal_table, tracking_config, client
+):
+    a = log_training_run(
+        fitted_detector, normal_table, "t.parquet", tracking_config, idempotency_key="run-1"
+    )
+    b = log_training_run(
+        fitted_detector, normal_table, "t.parquet", tracking_config, idempotency_key="run-1"
+    )
+    assert (a.version, a.run_id) == (b.version, b.run_id)
+    assert len(client.search_model_versions("name='test-detector'")) == 1
+    c = log_training_run(
+        fitted_detector, normal_table, "t.parquet", tracking_config, idempotency_key="run-2"
+    )
+    assert c.version == "2"
+
+
+def test_threshold_set_registers_a_new_version_and_keeps_the_old(
+    fitted_detector, normal_table, incoming_table, tracking_config, client, tmp_path
+):
+    log_training_run(fitted_detector, normal_table, "train.parquet", tracking_config)
+    new, old_thr, new_thr = change_threshold(
+        "models:/test-detector/1",
+        tracking_config,
+        "too many pages at night",
+        quantile=0.99,
+        changed_by="reviewer",
+    )
+    cal = fitted_detector.thresholder_.calibration_scores_
+    assert new.version == "2" and old_thr == fitted_detector.threshold_
+    assert new_thr == QuantileThreshold(0.99).fit(cal).threshold_ > old_thr
+    tags = client.get_model_version("test-detector", "2").tags
+    assert tags["threshold_changed_by"] == "reviewer"
+    assert tags["threshold_change_reason"] == "too many pages at night"
+    assert tags["quantile"] == "0.99" and tags["data_source"] == "train.parquet"
+    old = load_registered_detector("models:/test-detector/1", tracking_config)
+    assert old.detector.threshold_ == fitted_detector.threshold_
+    reloaded = load_registered_detector("models:/test-detector/2", tracking_config)
+    assert reloaded.detector.threshold_ == new_thr
+    np.testing.assert_array_equal(
+        reloaded.detector.score_samples(incoming_table),
+        fitted_detector.score_samples(incoming_table),
+    )
+
+    # The CLI, with a value: a fixed threshold that survives save/load, and the champion moves.
+    config_file = tmp_path / "mlflow.yaml"
+    config_file.write_text(
+        f"tracking_uri: {tracking_config.tracking_uri}\nartifact_location: {tracking_config.artifact_location}\n"
+        f"experiment_name: {tracking_config.experiment_name}\nregistered_model_name: test-detector\n"
+    )
+    value = float(np.quantile(cal, 0.97))
+    result = CliRunner().invoke(
+        app,
+        [
+            "threshold",
+            "set",
+            "models:/test-detector/1",
+            "--value",
+            str(value),
+            "--reason",
+            "audit",
+            "--champion",
+            "--tracking-config",
+            str(config_file),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    fixed = load_registered_detector("models:/test-detector@champion", tracking_config)
+    assert fixed.version == "3" and fixed.detector.threshold_ == pytest.approx(value)
+    assert 0.96 < fixed.detector.thresholder_.q < 0.98
+    refused = CliRunner().invoke(
+        app,
+        [
+            "threshold",
+            "set",
+            "models:/test-detector/1",
+            "--reason",
+            "x",
+            "--tracking-config",
+            str(config_file),
+        ],
+    )
+    assert refused.exit_code == 2 and "exactly one of --quantile or --value" in refused.output
