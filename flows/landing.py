@@ -131,7 +131,7 @@ def landing_flow(
             "\n".join(run.alerts),
         )
     if run.failed:
-        return Failed(message="; ".join(run.failed), data=run)
+        return Failed(message="; ".join(run.failed + run.alerts), data=run)
     if run.alerts:
         return Completed(name=ALERT_STATE, message="; ".join(run.alerts), data=run)
     return run

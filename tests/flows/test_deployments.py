@@ -1,0 +1,18 @@
+"""The scheduled deployments are built with their schedules and typed parameters (nothing is served)."""
+
+from flows.deployments import ServeSettings, build_deployments
+
+
+def test_two_scheduled_deployments_with_typed_parameters():
+    settings = ServeSettings(landing="in", output_dir="out", train_cron="30 3 * * *")
+    retrain, score = build_deployments(settings)
+    assert (retrain.name, score.name) == ("nightly-retrain", "score-landing")
+    assert retrain.schedules[0].schedule.cron == "30 3 * * *"
+    assert score.schedules[0].schedule.interval.total_seconds() == 300
+    assert score.parameters["landing"] == "in" and score.parameters["output_dir"] == "out"
+    assert retrain.parameters["settings"]["gate"]["confidence"] == 0.99
+    # The parameter schema is what the Prefect UI renders as a form.
+    props = score.parameter_openapi_schema.model_dump()["properties"]
+    assert {"landing", "output_dir", "alerts", "notification_block", "min_age_seconds"} <= set(
+        props
+    )
