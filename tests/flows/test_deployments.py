@@ -12,7 +12,10 @@ def test_two_scheduled_deployments_with_typed_parameters():
     assert score.parameters["landing"] == "in" and score.parameters["output_dir"] == "out"
     assert retrain.parameters["settings"]["gate"]["confidence"] == 0.99
     # The parameter schema is what the Prefect UI renders as a form.
-    props = score.parameter_openapi_schema.model_dump()["properties"]
-    assert {"landing", "output_dir", "alerts", "notification_block", "min_age_seconds"} <= set(
-        props
-    )
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.landing import landing_flow
+
+    schema = parameter_schema(landing_flow).model_dump()
+    assert {"landing", "output_dir", "alerts", "notification_block"} <= set(schema["properties"])
+    assert "AlertSettings" in schema["definitions"]
