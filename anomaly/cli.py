@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -308,6 +309,9 @@ def serve(
     try:
         # Imported by name at call time: the library and the other commands never import
         # Prefect, and `mypy anomaly` stays on the library (flows are checked by their tests).
+        # Prefect's local API migrates its database on first start, which can outlast the 20 s
+        # Prefect allows by default on a busy machine.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
         deployments = importlib.import_module("flows.deployments")
         ServeSettings, serve_all = deployments.ServeSettings, deployments.serve_all
 
