@@ -180,6 +180,13 @@ def score(
             "(default: beside OUTPUT, NAME.context.parquet)"
         ),
     ] = None,
+    dask: Annotated[
+        bool, typer.Option("--dask", help="Score on a local Dask cluster (one worker per core)")
+    ] = False,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(help="Score on an existing Dask cluster: its scheduler, tcp://HOST:8786"),
+    ] = None,
     tracking_config: TrackingOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -199,6 +206,8 @@ def score(
             rejects=str(rejects) if rejects else None,
             device=device,
             context=str(context) if context else None,
+            dask=dask,
+            dask_address=dask_address,
         )
     except Exception as exc:
         _fail(exc, verbose)

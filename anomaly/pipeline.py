@@ -14,7 +14,8 @@ from anomaly.data.parquet import list_parquet_files, read_table, write_parquet_a
 from anomaly.data.series import list_series_files, read_series, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
 from anomaly.monitoring import GateResult
-from anomaly.scoring import ScoredBatch, score_frame
+from anomaly.scoring import BatchSummary, ScoredBatch, score_frame
+from anomaly.streaming import StreamResult, score_parquet
 from anomaly.tracking import (
     LoadedModel,
     RegisteredModel,
@@ -104,13 +105,44 @@ def context_path_for(output: str | os.PathLike[str], model_name: str) -> Path:
     return Path(output).with_name(f"{model_name}.context.parquet")
 
 
+def score_files_to(
+    model: LoadedModel,
+    data: str,
+    output: str | os.PathLike[str],
+    rejects: str | os.PathLike[str] | None = None,
+    dask: bool = False,
+    dask_address: str | None = None,
+    context_path: str | os.PathLike[str] | None = None,
+) -> StreamResult:
+    """Score every Parquet file of ``data`` straight into the output files, in bounded memory.
+
+    Streams record batches in this process, or, with ``dask`` or a ``dask_address``, spreads
+    row groups over a Dask cluster (a local one unless an address is given). Either way the
+    same rows and scores land in ``output`` and ``rejects`` (default beside ``output``).
+    A time-series model carries points across rows and files, so its data is scored in order
+    in memory (:func:`score_series_files`, continuing from ``context_path``) and then written.
+    """
+    rejects_path = Path(rejects) if rejects is not None else rejects_path_for(output)
+    if model.detector.window is not None:
+        batch = score_series_files(model, data, context_path)
+        out, rej = write_outputs(batch, output, rejects_path)
+        return StreamResult.of_batch(batch, out, rej)
+    args = (model.detector, data, output, rejects_path, model.name, model.version)
+    if dask or dask_address:
+        from anomaly.distributed import score_parquet_dask
+
+        return score_parquet_dask(*args, address=dask_address)
+    return score_parquet(*args)
+
+
 def score_files(
     model: LoadedModel, data: str, context_path: str | os.PathLike[str] | None = None
 ) -> ScoredBatch:
     """Score every Parquet file of ``data`` (file, directory or glob) file by file.
 
     Rejected rows carry the file they came from; a schema problem names the file. For a
-    time-series model see :func:`score_series_files`.
+    time-series model see :func:`score_series_files`. For data larger than memory use
+    :func:`score_files_to`, which writes as it goes.
     """
     if model.detector.window is not None:
         return score_series_files(model, data, context_path)
@@ -231,7 +263,7 @@ class ScoreResult:
     @classmethod
     def of(
         cls,
-        batch: ScoredBatch,
+        batch: BatchSummary,
         model: LoadedModel,
         output: str | os.PathLike[str],
         rejects: str | os.PathLike[str],
@@ -259,6 +291,8 @@ def score(
     rejects: str | None = None,
     device: str = "auto",
     context: str | None = None,
+    dask: bool = False,
+    dask_address: str | None = None,
 ) -> ScoreResult:
     """Score new data with a registered model, write outputs and log the scoring run.
 
@@ -267,7 +301,15 @@ def score(
     """
     check_output_path(output)
     model = load_registered_detector(model_uri, tracking, device=device)
-    batch = score_files(model, data, context or context_path_for(output, model.name))
-    out, rej = write_outputs(batch, output, rejects)
-    run_id = log_scoring_run(batch, model, data, str(out), str(rej), tracking)
-    return ScoreResult.of(batch, model, out, rej, run_id)
+    result = score_files_to(
+        model,
+        data,
+        output,
+        rejects,
+        dask=dask,
+        dask_address=dask_address,
+        context_path=context or context_path_for(output, model.name),
+    )
+    out, rej = result.output, result.rejects
+    run_id = log_scoring_run(result, model, data, str(out), str(rej), tracking)
+    return ScoreResult.of(result, model, out, rej, run_id)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 
-from anomaly.data.schema import REJECT_COLUMNS, invalid_row_reasons
+from anomaly.data.schema import REJECT_COLUMNS, invalid_rows
 from anomaly.errors import SchemaError
 
 if TYPE_CHECKING:
@@ -44,16 +45,73 @@ def source_matrix(sources: np.ndarray, n_sources: int) -> torch.Tensor:
     return matrix
 
 
-def top_contributors(per_feature: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The feature with the largest error per row and its share of the row's total error."""
+def top_feature_index(per_feature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the feature with the largest error per row ``(n,)`` and its share of the row's total error ``(n,)``."""
     if per_feature.shape[0] == 0:
-        return np.array([], dtype=object), np.array([], dtype=np.float64)
+        return np.array([], dtype=np.int64), np.array([], dtype=np.float64)
     top = per_feature.argmax(axis=1)
     total = per_feature.sum(axis=1)
     share = np.divide(
         per_feature[np.arange(len(top)), top], total, out=np.zeros(len(top)), where=total > 0
     )
+    return top, share
+
+
+def top_contributors(per_feature: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The feature with the largest error per row and its share of the row's total error."""
+    top, share = top_feature_index(per_feature)
     return np.asarray(names, dtype=object)[top], share
+
+
+@dataclass(frozen=True)
+class RowScores:
+    """Scores of a table's rows as arrays: what every output format is built from.
+
+    ``n`` is the number of rows in, ``n_ok`` the number scored (``ok.sum()``).
+    """
+
+    ok: np.ndarray  # (n,) bool: the row was scored
+    scores: np.ndarray  # (n_ok,) float64, higher = more anomalous
+    p_values: np.ndarray  # (n_ok,) float64
+    is_anomaly: np.ndarray  # (n_ok,) bool
+    top_index: np.ndarray  # (n_ok,) int64, into ``feature_names``
+    top_share: np.ndarray  # (n_ok,) float64
+    reasons: np.ndarray  # (n - n_ok,) object: why each row that was not scored was set aside
+    feature_names: tuple[str, ...]
+
+    @property
+    def top_feature(self) -> np.ndarray:
+        """Name of the top feature of each scored row ``(n_ok,)``."""
+        return np.asarray(self.feature_names, dtype=object)[self.top_index]
+
+
+def score_row_arrays(detector: AutoencoderDetector, frame: pd.DataFrame) -> RowScores:
+    """Score ``frame`` (already checked against the schema) into :class:`RowScores`.
+
+    With ``nan_policy="impute"`` every row is scored (non-finite values take the fit median);
+    with ``"reject"`` rows with a missing or non-finite feature are set aside with a reason.
+    """
+    if detector.nan_policy == "impute":
+        ok = np.ones(len(frame), dtype=bool)
+        reasons = np.array([], dtype=object)
+        encoded = detector.preprocessor_.transform(frame, impute=True)
+    else:
+        bad, reasons = invalid_rows(frame, detector.schema_)
+        ok = ~bad
+        encoded = detector.preprocessor_.transform(frame if ok.all() else frame[ok])
+    scores, per_feature = detector._score_encoded(encoded, attribute=True)
+    top, share = top_feature_index(per_feature)
+    thresholder = detector.thresholder_
+    return RowScores(
+        ok=ok,
+        scores=scores,
+        p_values=thresholder.p_values(scores),
+        is_anomaly=np.asarray(thresholder.predict(scores), dtype=bool),
+        top_index=top,
+        top_share=share,
+        reasons=reasons,
+        feature_names=tuple(detector.preprocessor_.input_names_),
+    )
 
 
 def score_rows(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFrame:
@@ -71,42 +129,54 @@ def score_rows(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFra
     """
     detector._check_fitted()
     detector.schema_.validate(frame, require_keys=detector.window is not None)
-    return _score_valid_frame(detector, frame)[0]
+    if detector.window is not None:
+        return _score_series_frame(detector, frame, None, None)[0]
+    rows = score_row_arrays(detector, frame)
+    ok, n = rows.ok, len(frame)
+
+    def spread(values: np.ndarray, fill: Any, dtype: Any) -> np.ndarray:
+        out = np.full(n, fill, dtype=dtype)
+        out[ok] = values
+        return out
+
+    reasons = np.full(n, "", dtype=object)
+    reasons[~ok] = rows.reasons
+    return pd.DataFrame(
+        {
+            "anomaly_score": spread(rows.scores, np.nan, np.float64),
+            "p_value": spread(rows.p_values, np.nan, np.float64),
+            "is_anomaly": spread(rows.is_anomaly, False, bool),
+            "top_feature": pd.array(spread(rows.top_feature, pd.NA, object), dtype="string"),
+            "top_feature_share": spread(rows.top_share, np.nan, np.float64),
+            "reject_reason": pd.array(reasons, dtype="string"),
+        },
+        index=frame.index,
+    )
 
 
-def _score_valid_frame(
+def _series_row_arrays(
     detector: AutoencoderDetector,
     frame: pd.DataFrame,
-    context: pd.DataFrame | None = None,
-    source: str | None = None,
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """:func:`score_rows` for a frame already checked against the schema, with the series
-    handling counts (empty for tables)."""
-    if detector.window is not None:
-        return _score_series_frame(detector, frame, context, source)
-    impute = detector.nan_policy == "impute"
-    reasons = invalid_row_reasons(frame, detector.schema_)
-    ok = np.ones(len(frame), dtype=bool) if impute else (reasons == "").to_numpy()
-    if impute:
-        reasons[:] = ""
-    scores, per_feature = detector._score_encoded(
-        detector.preprocessor_.transform(frame[ok], impute=impute), attribute=True
+    context: pd.DataFrame | None,
+    source: str | None,
+) -> tuple[RowScores, dict[str, int]]:
+    """:func:`score_row_arrays` for a time-series detector, with its layout counts."""
+    values, reasons, layout = detector._series_rows(frame, context, source)
+    ok = np.asarray(reasons == "", dtype=bool)
+    scores = values[ok, 0].astype(np.float64)
+    top, share = top_feature_index(values[ok, 1:])
+    thresholder = detector.thresholder_
+    rows = RowScores(
+        ok=ok,
+        scores=scores,
+        p_values=thresholder.p_values(scores),
+        is_anomaly=np.asarray(thresholder.predict(scores), dtype=bool),
+        top_index=top,
+        top_share=share,
+        reasons=np.asarray(reasons, dtype=object)[~ok],
+        feature_names=tuple(detector.schema_.feature_names),
     )
-    top, share = top_contributors(per_feature, detector.preprocessor_.input_names_)
-
-    out = pd.DataFrame(index=frame.index)
-    out["anomaly_score"] = np.full(len(frame), np.nan)
-    out["p_value"] = np.full(len(frame), np.nan)
-    out["is_anomaly"] = False
-    out["top_feature"] = pd.Series(pd.NA, index=frame.index, dtype="string")
-    out["top_feature_share"] = np.full(len(frame), np.nan)
-    out.loc[ok, "anomaly_score"] = scores
-    out.loc[ok, "p_value"] = detector.thresholder_.p_values(scores)
-    out.loc[ok, "is_anomaly"] = detector.thresholder_.predict(scores)
-    out.loc[ok, "top_feature"] = top
-    out.loc[ok, "top_feature_share"] = share
-    out["reject_reason"] = reasons.astype("string")
-    return out, {}
+    return rows, layout.counts
 
 
 def _score_series_frame(
@@ -135,6 +205,17 @@ def _score_series_frame(
     out["top_feature_share"] = share_all
     out["reject_reason"] = pd.Series(reasons, index=frame.index, dtype="string")
     return out, layout.counts
+
+
+def check_reject_columns(columns: Iterable[object], source: str | None = None) -> None:
+    """Refuse input columns that the rejects output would overwrite (``reason``, ``source_row`` ...)."""
+    clashes = sorted(set(map(str, columns)) & REJECT_COLUMNS)
+    if clashes:
+        raise SchemaError(
+            f"input column(s) {clashes} would be overwritten in the rejects output; rename them",
+            column=clashes[0],
+            source=source,
+        )
 
 
 @dataclass(frozen=True)
@@ -166,6 +247,33 @@ class ScoredBatch:
     def anomaly_rate(self) -> float:
         return self.n_flagged / self.n_scored if self.n_scored else 0.0
 
+    @property
+    def scores(self) -> np.ndarray:
+        """Anomaly scores of the scored rows ``(n_scored,)``."""
+        return self.scored["anomaly_score"].to_numpy(dtype=np.float64)
+
+
+class BatchSummary(Protocol):
+    """What run summaries and MLflow logging need from a scored batch, in memory or streamed.
+
+    ``scores`` are all the scored rows' scores, or for a streamed batch a uniform sample of them.
+    """
+
+    @property
+    def n_rows(self) -> int: ...
+    @property
+    def n_scored(self) -> int: ...
+    @property
+    def n_rejected(self) -> int: ...
+    @property
+    def n_flagged(self) -> int: ...
+    @property
+    def anomaly_rate(self) -> float: ...
+    @property
+    def scores(self) -> np.ndarray: ...
+    @property
+    def series_counts(self) -> dict[str, int]: ...
+
 
 def score_frame(
     detector: AutoencoderDetector,
@@ -185,32 +293,31 @@ def score_frame(
     """
     detector._check_fitted()
     detector.schema_.validate(frame, source=source, require_keys=True)
-    clashes = sorted(set(map(str, frame.columns)) & REJECT_COLUMNS)
-    if clashes:
-        raise SchemaError(
-            f"input column(s) {clashes} would be overwritten in the rejects output; rename them",
-            column=clashes[0],
-            source=source,
-        )
-    rows, series_counts = _score_valid_frame(detector, frame, context, source)
-    good = (rows["reject_reason"] == "").to_numpy()
+    check_reject_columns(frame.columns, source)
+    series_counts: dict[str, int] = {}
+    if detector.window is not None:
+        rows, series_counts = _series_row_arrays(detector, frame, context, source)
+    else:
+        rows = score_row_arrays(detector, frame)
+    good = rows.ok
     keys = list(detector.schema_.keys)
+    n_good = int(good.sum())
 
     # Position of each row in its input, so every output row traces back even without keys.
     position = np.arange(len(frame), dtype=np.int64)
     scored = frame.loc[good, keys].reset_index(drop=True)
-    for column in ("anomaly_score", "p_value", "is_anomaly"):
-        scored[column] = rows.loc[good, column].to_numpy()
-    scored["is_anomaly"] = scored["is_anomaly"].astype(bool)
+    scored["anomaly_score"] = rows.scores
+    scored["p_value"] = rows.p_values
+    scored["is_anomaly"] = rows.is_anomaly
     scored["threshold"] = detector.threshold_
-    scored["model_name"] = pd.Series([model_name] * len(scored), dtype="string")
-    scored["model_version"] = pd.Series([str(model_version)] * len(scored), dtype="string")
-    scored["top_feature"] = rows.loc[good, "top_feature"].to_numpy()
-    scored["top_feature_share"] = rows.loc[good, "top_feature_share"].to_numpy()
+    scored["model_name"] = pd.array([model_name] * n_good, dtype="string")
+    scored["model_version"] = pd.array([str(model_version)] * n_good, dtype="string")
+    scored["top_feature"] = rows.top_feature
+    scored["top_feature_share"] = rows.top_share
     scored["source_row"] = position[good]
 
     rejected = frame.loc[~good].reset_index(drop=True)
-    rejected["reason"] = rows.loc[~good, "reject_reason"].to_numpy()
+    rejected["reason"] = rows.reasons
     rejected["source_row"] = position[~good]
     if source is not None:
         scored["source_file"] = source

@@ -31,7 +31,7 @@ from anomaly.errors import ModelFileError, ModelNotFoundError
 if TYPE_CHECKING:
     from anomaly.detectors import AutoencoderDetector
     from anomaly.monitoring import BatchReport, GateResult
-    from anomaly.scoring import ScoredBatch
+    from anomaly.scoring import BatchSummary
 
 logger = logging.getLogger(__name__)
 
@@ -493,7 +493,7 @@ def load_registered_detector(
 
 
 def log_scoring_run(
-    batch: ScoredBatch,
+    batch: BatchSummary,
     model: LoadedModel,
     input_path: str,
     output_path: str,
@@ -529,7 +529,7 @@ def log_scoring_run(
                 "rejects": rejects_path or "",
             }
         )
-        scores = batch.scored["anomaly_score"].to_numpy()
+        scores = batch.scores
         metrics = {
             "rows_in": batch.n_rows,
             "rows_scored": batch.n_scored,

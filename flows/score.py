@@ -6,14 +6,9 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from anomaly.pipeline import (
-    ScoreResult,
-    check_output_path,
-    context_path_for,
-    score_files,
-    write_outputs,
-)
-from anomaly.scoring import ScoredBatch
+from anomaly.pipeline import ScoreResult, check_output_path, context_path_for, score_files_to
+from anomaly.scoring import BatchSummary
+from anomaly.streaming import StreamResult
 from anomaly.tracking import LoadedModel, TrackingConfig, load_registered_detector, log_scoring_run
 from flows import retry_unless_bad_input
 
@@ -34,25 +29,26 @@ def load_model(model_uri: str, tracking: TrackingConfig, device: str) -> LoadedM
     retry_condition_fn=retry_unless_bad_input,
     cache_policy=NO_CACHE,
 )
-def score_data(model: LoadedModel, data: str, context: str) -> ScoredBatch:
-    return score_files(model, data, context)
-
-
-@task(
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_unless_bad_input,
-    cache_policy=NO_CACHE,
-)
-def write(batch: ScoredBatch, output: str, rejects: str | None) -> tuple[str, str]:
-    out, rej = write_outputs(batch, output, rejects)
-    return str(out), str(rej)
+def score_data(
+    model: LoadedModel,
+    data: str,
+    output: str,
+    rejects: str | None,
+    dask: bool,
+    dask_address: str | None,
+    context: str,
+) -> StreamResult:
+    # Scoring and writing are one step: rows stream from the inputs to the outputs, never all
+    # in memory; the outputs appear (atomically) only once every row is accounted for.
+    return score_files_to(
+        model, data, output, rejects, dask=dask, dask_address=dask_address, context_path=context
+    )
 
 
 # No retries: a retry after a partial failure would log the batch twice.
 @task(cache_policy=NO_CACHE)
 def log_batch(
-    batch: ScoredBatch,
+    batch: BatchSummary,
     model: LoadedModel,
     data: str,
     output: str,
@@ -71,17 +67,21 @@ def score_flow(
     tracking_config: str | None = None,
     device: str = "auto",
     context: str | None = None,
+    dask: bool = False,
+    dask_address: str | None = None,
 ) -> ScoreResult:
     """Score every Parquet file under ``data`` with ``model_uri`` (default: ``models:/NAME@champion``).
 
     ``context``: for a time-series model, the file that carries the last points of each series
-    from one run to the next (default: beside ``output``).
+    from one run to the next (default: beside ``output``). ``dask`` spreads the work over a
+    local Dask cluster; ``dask_address`` over an existing one.
     """
     check_output_path(output)
     tracking = TrackingConfig.load(tracking_config)
     model = load_model(model_uri or tracking.champion_model_uri, tracking, device)
-    batch = score_data(model, data, context or str(context_path_for(output, model.name)))
-    out, rej = write(batch, output, rejects)
+    context = context or str(context_path_for(output, model.name))
+    batch = score_data(model, data, output, rejects, dask, dask_address, context)
+    out, rej = str(batch.output), str(batch.rejects)
     run_id = log_batch(batch, model, data, out, rej, tracking)
     result = ScoreResult.of(batch, model, out, rej, run_id)
     create_table_artifact(

@@ -261,10 +261,11 @@ _NUMERIC_DTYPE_NAMES = frozenset(
 )
 
 
-def invalid_row_reasons(frame: pd.DataFrame, schema: TableSchema) -> pd.Series:
-    """Why each row cannot be scored as is: ``""`` for a valid row, else a reason naming the columns.
+def invalid_rows(frame: pd.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows cannot be scored as is, and why: ``(bad (n,) bool, reasons (n_bad,) object)``.
 
-    Numeric features must be finite; categorical features must not be null.
+    Numeric features must be finite; categorical features must not be null. Reasons are built
+    only for the bad rows, so a clean batch costs one pass over its features.
     """
     n = len(frame)
     bad_columns: list[tuple[str, np.ndarray]] = []
@@ -277,10 +278,24 @@ def invalid_row_reasons(frame: pd.DataFrame, schema: TableSchema) -> pd.Series:
         bad = frame[name].isna().to_numpy()
         if bad.any():
             bad_columns.append((name, bad))
+    any_bad = np.zeros(n, dtype=bool)
+    for _, bad in bad_columns:
+        any_bad |= bad
+    if not bad_columns:
+        return any_bad, np.array([], dtype=object)
     reasons = np.full(n, "", dtype=object)
     for name, bad in bad_columns:
         sep = np.where(reasons[bad] == "", "", ", ")
         reasons[bad] = reasons[bad] + sep + name
-    has = reasons != ""
-    reasons[has] = "missing or non-finite value in " + reasons[has].astype(str)
+    return any_bad, "missing or non-finite value in " + reasons[any_bad]
+
+
+def invalid_row_reasons(frame: pd.DataFrame, schema: TableSchema) -> pd.Series:
+    """Why each row cannot be scored as is: ``""`` for a valid row, else a reason naming the columns.
+
+    Numeric features must be finite; categorical features must not be null.
+    """
+    bad, why = invalid_rows(frame, schema)
+    reasons = np.full(len(frame), "", dtype=object)
+    reasons[bad] = why
     return pd.Series(reasons, index=frame.index, dtype=object)

@@ -1,0 +1,469 @@
+"""Streaming scoring of Parquet files in bounded memory.
+
+A file is read record batch by record batch; each batch is validated, preprocessed, scored and
+appended to the scored and rejects files. Reading runs ahead in one thread and writing trails in
+another (pyarrow and torch release the GIL), so the three overlap, and at any time only a few
+batches are in memory whatever the size of the input. The outputs are written to hidden
+temporary files and renamed into place only when every row has been accounted for.
+
+Rows, scores and reasons are those of :func:`anomaly.scoring.score_frame` on the whole file;
+only the key columns keep their Parquet types exactly (no round trip through pandas).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from anomaly.data.parquet import list_parquet_files
+from anomaly.errors import DataFileError
+from anomaly.scoring import ScoredBatch, check_reject_columns, score_row_arrays
+
+if TYPE_CHECKING:
+    from anomaly.detectors import AutoencoderDetector
+
+logger = logging.getLogger(__name__)
+
+# 64 Ki rows: large enough that per-batch overhead (pandas, sklearn, kernel launches) is small
+# against the work, small enough that a few batches in flight stay a few tens of MB.
+DEFAULT_BATCH_ROWS = 65_536
+# Scores kept for the run summary (quantiles, histogram): all of them up to this many, else a
+# uniform sample of this size, so a summary of a billion rows still fits in a few MB.
+SCORE_SAMPLE_SIZE = 200_000
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class ParquetSource:
+    """One input file as planned from its footer: schema, row count and row-group sizes."""
+
+    path: Path
+    schema: pa.Schema
+    num_rows: int
+    row_group_rows: tuple[int, ...]
+
+
+def _input_schema(schema: pa.Schema) -> pa.Schema:
+    """The columns a user sees: without pandas index columns and without pandas metadata."""
+    meta = schema.pandas_metadata or {}
+    hidden = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+    return pa.schema([f for f in schema if f.name not in hidden])
+
+
+def plan_sources(
+    detector: AutoencoderDetector, data: str | os.PathLike[str]
+) -> list[ParquetSource]:
+    """Open every Parquet file of ``data`` (file, directory or glob) and check it can be scored.
+
+    Reads footers only. A missing key or feature column, or an input column the outputs would
+    overwrite, is refused here, before any output is written, with the file named.
+    """
+    sources = []
+    for path in list_parquet_files(data):
+        try:
+            meta = pq.ParquetFile(path).metadata
+            schema = _input_schema(meta.schema.to_arrow_schema())
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            raise DataFileError(f"{path}: cannot read as Parquet ({exc})") from exc
+        # Column presence (and, for typed columns, compatibility) on an empty frame; the
+        # all-null allowance is checked again on every batch, where it depends on the values.
+        detector.schema_.validate(schema.empty_table().to_pandas(), source=str(path))
+        check_reject_columns(schema.names, str(path))
+        sources.append(
+            ParquetSource(
+                path=path,
+                schema=schema,
+                num_rows=meta.num_rows,
+                row_group_rows=tuple(
+                    meta.row_group(i).num_rows for i in range(meta.num_row_groups)
+                ),
+            )
+        )
+    return sources
+
+
+def output_schemas(
+    detector: AutoencoderDetector, sources: Sequence[ParquetSource]
+) -> tuple[pa.Schema, pa.Schema]:
+    """Schemas of the scored and the rejects files for these inputs.
+
+    Scored: the key columns (typed as in the first file), then the score columns. Rejects: every
+    input column (the files' schemas unified; a column missing from a file is null there), then
+    ``reason``, ``source_row``, ``source_file``.
+    """
+    first = sources[0].schema
+    keys = [first.field(k) for k in detector.schema_.keys]
+    scored = pa.schema(
+        [
+            *keys,
+            pa.field("anomaly_score", pa.float64()),
+            pa.field("p_value", pa.float64()),
+            pa.field("is_anomaly", pa.bool_()),
+            pa.field("threshold", pa.float64()),
+            pa.field("model_name", pa.string()),
+            pa.field("model_version", pa.string()),
+            pa.field("top_feature", pa.string()),
+            pa.field("top_feature_share", pa.float64()),
+            pa.field("source_row", pa.int64()),
+            pa.field("source_file", pa.string()),
+        ]
+    )
+    try:
+        inputs = pa.unify_schemas([s.schema for s in sources], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataFileError(
+            f"{sources[0].path} and later files have column types that do not unify ({exc})"
+        ) from exc
+    rejects = pa.schema(
+        [
+            *inputs,
+            pa.field("reason", pa.string()),
+            pa.field("source_row", pa.int64()),
+            pa.field("source_file", pa.string()),
+        ]
+    )
+    return scored, rejects
+
+
+def score_record_batch(
+    detector: AutoencoderDetector,
+    batch: pa.RecordBatch | pa.Table,
+    source: str,
+    first_row: int,
+    model_name: str = "",
+    model_version: str = "",
+) -> tuple[pa.Table, pa.Table]:
+    """Score one batch of a file whose rows start at ``first_row`` of that file.
+
+    Returns
+    -------
+    scored, rejected : pyarrow.Table
+        Scored rows (keys and score columns) and set-aside rows (every input column plus
+        ``reason``, ``source_row``, ``source_file``); together they hold every row of ``batch``.
+    """
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    n = table.num_rows
+    frame = table.select(detector.schema_.feature_names).to_pandas()
+    detector.schema_.validate(frame, source=source, require_keys=False)
+    rows = score_row_arrays(detector, frame)
+    position = np.arange(first_row, first_row + n, dtype=np.int64)
+    n_ok = len(rows.scores)
+    keys = table.select(list(detector.schema_.keys))
+    if n_ok < n:
+        keys = keys.filter(pa.array(rows.ok))
+    names = pa.array(rows.feature_names, type=pa.string())
+    columns = {
+        "anomaly_score": pa.array(rows.scores, type=pa.float64()),
+        "p_value": pa.array(rows.p_values, type=pa.float64()),
+        "is_anomaly": pa.array(rows.is_anomaly, type=pa.bool_()),
+        "threshold": pa.repeat(pa.scalar(detector.threshold_, pa.float64()), n_ok),
+        "model_name": pa.repeat(pa.scalar(model_name, pa.string()), n_ok),
+        "model_version": pa.repeat(pa.scalar(str(model_version), pa.string()), n_ok),
+        # Arrow's take on the short name list instead of n Python strings.
+        "top_feature": pc.take(names, pa.array(rows.top_index, type=pa.int64())),
+        "top_feature_share": pa.array(rows.top_share, type=pa.float64()),
+        "source_row": pa.array(position[rows.ok] if n_ok < n else position),
+        "source_file": pa.repeat(pa.scalar(source, pa.string()), n_ok),
+    }
+    scored = keys
+    for name, values in columns.items():
+        scored = scored.append_column(name, values)
+    bad = ~rows.ok
+    n_bad = n - n_ok
+    rejected = table.filter(pa.array(bad)) if n_bad else table.slice(0, 0)
+    rejected = (
+        rejected.append_column("reason", pa.array(rows.reasons, type=pa.string()))
+        .append_column("source_row", pa.array(position[bad]))
+        .append_column("source_file", pa.repeat(pa.scalar(source, pa.string()), n_bad))
+    )
+    return scored, rejected
+
+
+def conform(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns and types (missing columns null)."""
+    if table.schema.equals(schema):
+        return table
+    columns = [
+        table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    try:
+        return pa.Table.from_arrays(columns, names=schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise DataFileError(
+            f"{source}: columns do not match the earlier files' types {schema} ({exc})"
+        ) from exc
+
+
+class _ParquetSink:
+    """One output file written batch by batch to a hidden temporary file, renamed on commit."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path = path
+        self.schema = schema
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        self.writer = pq.ParquetWriter(self.tmp, schema)
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.writer.write_table(table)
+
+    def commit(self) -> Path:
+        self.writer.close()
+        with open(self.tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self.writer.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class _ScoreSample:
+    """A uniform sample of at most ``size`` scores (all of them while fewer), in constant memory.
+
+    Each score draws a random key and the ``size`` smallest keys are kept (bottom-k sampling);
+    pruning waits until twice the size has accumulated, so its cost per score is constant.
+    """
+
+    size: int
+    seed: int = 0
+    _keys: list[np.ndarray] = field(default_factory=list)
+    _values: list[np.ndarray] = field(default_factory=list)
+    _held: int = 0
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.seed)
+
+    def add(self, scores: np.ndarray) -> None:
+        if not len(scores):
+            return
+        self._keys.append(self._rng.random(len(scores)))
+        self._values.append(np.asarray(scores, dtype=np.float64))
+        self._held += len(scores)
+        if self._held > 2 * self.size:
+            self._prune()
+
+    def _prune(self) -> None:
+        if not self._keys:
+            return
+        keys, values = np.concatenate(self._keys), np.concatenate(self._values)
+        if len(keys) > self.size:
+            keep = np.argpartition(keys, self.size)[: self.size]
+            keys, values = keys[keep], values[keep]
+        self._keys, self._values, self._held = [keys], [values], len(keys)
+
+    def values(self) -> np.ndarray:
+        self._prune()
+        return self._values[0] if self._values else np.array([], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What a streamed scoring run wrote: counts, a sample of the scores and the two files."""
+
+    n_rows: int
+    n_scored: int
+    n_rejected: int
+    n_flagged: int
+    scores: np.ndarray  # all scores, or a uniform sample of SCORE_SAMPLE_SIZE of them
+    output: Path
+    rejects: Path
+    series_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def anomaly_rate(self) -> float:
+        return self.n_flagged / self.n_scored if self.n_scored else 0.0
+
+    @classmethod
+    def of_batch(cls, batch: ScoredBatch, output: Path, rejects: Path) -> StreamResult:
+        """The same summary for a batch scored in memory and written whole."""
+        return cls(
+            n_rows=batch.n_rows,
+            n_scored=batch.n_scored,
+            n_rejected=batch.n_rejected,
+            n_flagged=batch.n_flagged,
+            scores=batch.scores,
+            output=output,
+            rejects=rejects,
+            series_counts=dict(batch.series_counts),
+        )
+
+
+class ScoredWriter:
+    """Appends scored and rejected tables, in order, to the two output files; counts as it goes.
+
+    Use as a context manager: leaving it with an exception removes both temporary files, and
+    neither output is touched.
+    """
+
+    def __init__(
+        self,
+        output: Path,
+        rejects: Path,
+        scored_schema: pa.Schema,
+        rejects_schema: pa.Schema,
+        expected_rows: int,
+    ):
+        if rejects.resolve() == output.resolve():
+            raise ValueError(
+                f"rejects and output are the same file ({output}); give them different paths"
+            )
+        self.expected_rows = expected_rows
+        self.scored = _ParquetSink(output, scored_schema)
+        self.rejects = _ParquetSink(rejects, rejects_schema)
+        self.n_scored = self.n_rejected = self.n_flagged = 0
+        self.sample = _ScoreSample(SCORE_SAMPLE_SIZE)
+
+    def __enter__(self) -> ScoredWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None:
+            self.scored.abort()
+            self.rejects.abort()
+
+    def write(self, scored: pa.Table, rejected: pa.Table, source: str) -> None:
+        self.scored.write(conform(scored, self.scored.schema, source))
+        self.rejects.write(conform(rejected, self.rejects.schema, source))
+        self.n_scored += scored.num_rows
+        self.n_rejected += rejected.num_rows
+        self.n_flagged += int(pc.sum(scored.column("is_anomaly")).as_py() or 0)
+        self.sample.add(scored.column("anomaly_score").to_numpy())
+
+    def commit(self) -> StreamResult:
+        n_rows = self.n_scored + self.n_rejected
+        if n_rows != self.expected_rows:  # pragma: no cover - an invariant, not a branch
+            raise AssertionError(
+                f"rows in {self.expected_rows} != scored {self.n_scored} + rejected {self.n_rejected}"
+            )
+        output, rejects = self.scored.commit(), self.rejects.commit()
+        return StreamResult(
+            n_rows=n_rows,
+            n_scored=self.n_scored,
+            n_rejected=self.n_rejected,
+            n_flagged=self.n_flagged,
+            scores=self.sample.values(),
+            output=output,
+            rejects=rejects,
+        )
+
+
+_END = object()
+
+
+def prefetch(items: Iterable[_T], depth: int = 2) -> Iterator[_T]:
+    """Yield ``items``, produced up to ``depth`` ahead in a background thread."""
+    iterator = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="anomaly-read") as pool:
+        pending: deque[Future[Any]] = deque(pool.submit(next, iterator, _END) for _ in range(depth))
+        while pending:
+            item = pending.popleft().result()
+            if item is _END:
+                break
+            pending.append(pool.submit(next, iterator, _END))
+            yield item
+
+
+def iter_source_batches(
+    sources: Iterable[ParquetSource], batch_rows: int = DEFAULT_BATCH_ROWS
+) -> Iterator[tuple[ParquetSource, int, pa.RecordBatch]]:
+    """``(source, first_row, batch)`` for every record batch of every file, in file order."""
+    for source in sources:
+        first_row = 0
+        try:
+            parquet = pq.ParquetFile(source.path)
+            for batch in parquet.iter_batches(batch_size=batch_rows):
+                yield source, first_row, batch
+                first_row += batch.num_rows
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            raise DataFileError(f"{source.path}: cannot read as Parquet ({exc})") from exc
+
+
+def progress_bar(enabled: bool | None, description: str = "scoring") -> Progress:
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return Progress(
+        TextColumn(f"[bold]{description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        disable=not show,
+    )
+
+
+def score_parquet(
+    detector: AutoencoderDetector,
+    data: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    rejects: str | os.PathLike[str],
+    model_name: str = "",
+    model_version: str = "",
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    progress: bool | None = None,
+) -> StreamResult:
+    """Score every Parquet file of ``data`` (file, directory or glob) into two Parquet files.
+
+    Memory stays bounded by a few record batches of ``batch_rows`` rows whatever the input
+    size. Every input row ends up in exactly one of ``output`` (scored) and ``rejects`` (with a
+    ``reason``), with its file and position as ``source_file`` / ``source_row``; both files
+    appear only when the whole input has been scored.
+
+    Raises
+    ------
+    SchemaError
+        A file lacks a key or feature column, or has one of the wrong type (file and column named).
+    DataFileError
+        A file cannot be read, or its columns do not fit the earlier files'.
+    """
+    detector._check_fitted()
+    sources = plan_sources(detector, data)
+    scored_schema, rejects_schema = output_schemas(detector, sources)
+    total = sum(s.num_rows for s in sources)
+    per_file: dict[Path, list[int]] = {s.path: [0, 0, 0] for s in sources}
+    with (
+        ScoredWriter(Path(output), Path(rejects), scored_schema, rejects_schema, total) as sink,
+        ThreadPoolExecutor(1, thread_name_prefix="anomaly-write") as writer,
+        progress_bar(progress) as bar,
+    ):
+        task = bar.add_task("score", total=total)
+        # At most two writes queued behind the scorer: enough to overlap, little memory held.
+        writes: deque[Future[None]] = deque()
+        for source, first_row, batch in prefetch(iter_source_batches(sources, batch_rows)):
+            scored, rejected = score_record_batch(
+                detector, batch, str(source.path), first_row, model_name, model_version
+            )
+            counts = per_file[source.path]
+            counts[0] += scored.num_rows
+            counts[1] += rejected.num_rows
+            counts[2] += int(pc.sum(scored.column("is_anomaly")).as_py() or 0)
+            while len(writes) >= 2:
+                writes.popleft().result()
+            writes.append(writer.submit(sink.write, scored, rejected, str(source.path)))
+            bar.advance(task, batch.num_rows)
+        while writes:
+            writes.popleft().result()
+        result = sink.commit()
+    for path, (n_scored, n_rejected, n_flagged) in per_file.items():
+        logger.info("%s: %d scored, %d rejected, %d flagged", path, n_scored, n_rejected, n_flagged)
+    return result
