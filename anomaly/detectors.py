@@ -572,7 +572,8 @@ class AutoencoderDetector(BaseEstimator):
             score,
             module,
             X_encoded,
-            max(self.batch_size, 4096),
+            # Large chunks (up to 64 Ki rows, 16 M values) keep per-call overhead small.
+            max(self.batch_size, min(65_536, 2**24 // max(X_encoded.shape[1], 1))),
             self.device_,
             mixed_precision=False,
         )

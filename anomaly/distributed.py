@@ -28,6 +28,7 @@ from distributed import WorkerPlugin
 
 from anomaly.streaming import (
     DEFAULT_BATCH_ROWS,
+    READ_OPTIONS,
     ParquetSource,
     ScoredWriter,
     StreamResult,
@@ -144,7 +145,7 @@ def score_partition(
 ) -> tuple[pa.Table, pa.Table]:
     """Score one partition on a worker: ``(scored, rejected)`` tables, in row order."""
     detector = worker_detector(key)
-    parquet = pq.ParquetFile(partition.path)
+    parquet = pq.ParquetFile(partition.path, **READ_OPTIONS)
     scored, rejected = [], []
     row = partition.first_row
     batches = (

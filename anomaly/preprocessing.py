@@ -96,10 +96,15 @@ class TabularPreprocessor:
             if impute:
                 values = np.where(np.isfinite(values), values, self.medians_[column])
             data[column] = values
+        data |= self._prepare_categorical(frame)
+        return pd.DataFrame(data, index=frame.index)
+
+    def _prepare_categorical(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        data = {}
         for column in self.schema.categorical_columns:
             values = frame[column].astype(object)
             data[column] = values.where(values.notna(), MISSING_CATEGORY).astype(str).to_numpy()
-        return pd.DataFrame(data, index=frame.index)
+        return data
 
     def transform(self, frame: pd.DataFrame, impute: bool = False) -> np.ndarray:
         """Encode ``frame`` to a float32 array ``(n_samples, n_encoded)``.
@@ -113,12 +118,48 @@ class TabularPreprocessor:
             # scikit-learn refuses empty input; an empty batch (or one whose rows were all
             # rejected) is ordinary in monitoring and must flow through.
             return np.zeros((0, self.n_outputs), dtype=np.float32)
-        out = self.transformer_.transform(self._prepare(frame, impute=impute))
+        out = self._transform_direct(frame, impute)
+        if out is None:
+            out = self.transformer_.transform(self._prepare(frame, impute=impute))
         # A finite but enormous reading (1e300) would overflow float32 to inf and turn its score
         # into inf or NaN. A million scaled units is far past anything the model has seen, so
         # the row still scores as maximally anomalous, and the arithmetic stays finite.
-        out = np.clip(out, -ENCODED_LIMIT, ENCODED_LIMIT)
+        out = np.clip(out, -ENCODED_LIMIT, ENCODED_LIMIT, out=out)
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _transform_direct(self, frame: pd.DataFrame, impute: bool) -> np.ndarray | None:
+        """What ``transformer_.transform`` returns, computed without the ColumnTransformer.
+
+        Scoring streams call this once per batch, where scikit-learn's per-call validation and
+        a per-column DataFrame cost more than the arithmetic. The arithmetic is the fitted
+        scaler's own, in the same float64 order, so results are identical bit for bit. None
+        when the fitted transformer is not the plain layout this replicates.
+        """
+        parts: dict[str, Any] = dict(self.transformer_.named_transformers_)
+        scaler: Any = parts.get("numeric")
+        numeric = self.schema.numeric_columns
+        if not numeric or type(scaler) not in (StandardScaler, MinMaxScaler):
+            return None
+        values = frame[numeric].to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+        if impute:
+            medians = np.array([self.medians_[c] for c in numeric])
+            values = np.where(np.isfinite(values), values, medians)
+        if isinstance(scaler, StandardScaler):
+            if scaler.with_mean:
+                values -= scaler.mean_
+            if scaler.with_std:
+                values /= scaler.scale_
+        else:
+            if scaler.clip:
+                return None
+            values *= scaler.scale_
+            values += scaler.min_
+        categorical = self.schema.categorical_columns
+        if not categorical:
+            return values
+        prepared = pd.DataFrame(self._prepare_categorical(frame), index=frame.index)
+        encoded = parts["categorical"].transform(prepared)
+        return np.hstack([values, encoded])
 
     @property
     def n_outputs(self) -> int:

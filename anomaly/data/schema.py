@@ -269,11 +269,12 @@ def invalid_rows(frame: pd.DataFrame, schema: TableSchema) -> tuple[np.ndarray, 
     """
     n = len(frame)
     bad_columns: list[tuple[str, np.ndarray]] = []
-    for name in schema.numeric_columns:
-        values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            bad_columns.append((name, bad))
+    numeric = schema.numeric_columns
+    if numeric:
+        # One conversion of the numeric block rather than one per column.
+        non_finite = ~np.isfinite(frame[numeric].to_numpy(dtype=np.float64, na_value=np.nan))
+        for j in np.flatnonzero(non_finite.any(axis=0)):
+            bad_columns.append((numeric[j], non_finite[:, j]))
     for name in schema.categorical_columns:
         bad = frame[name].isna().to_numpy()
         if bad.any():
