@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo test lint bench-adbench clean
+.PHONY: demo test lint bench-adbench bench-stream bench-train clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,16 @@ lint: $(VENV)/.installed
 bench-adbench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) benchmarks/adbench_oneclass.py
+
+# Streaming scoring vs a raw pyarrow read of the same generated file: SIZE_GB=4 for the real figure.
+SIZE_GB ?= 0.25
+bench-stream: $(VENV)/.installed
+	$(PY) benchmarks/streaming_score.py --size-gb $(SIZE_GB)
+
+# Training and score_samples throughput vs PyOD's AutoEncoder (same network, batch size, epochs).
+bench-train: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) benchmarks/train_throughput.py
 
 clean:
 	rm -rf outputs mlruns mlartifacts mlflow.db data/*.parquet data/incoming
