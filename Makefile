@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo test lint bench-adbench bench-stream bench-train clean
+.PHONY: demo test lint bench-adbench bench-stream bench-train bench-mnist clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-stream: $(VENV)/.installed
 bench-train: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) benchmarks/train_throughput.py
+
+# One-class MNIST (10 digits x 3 seeds): conv autoencoder beside IsolationForest and a dense AE.
+bench-mnist: $(VENV)/.installed
+	nice -n 5 $(PY) benchmarks/mnist_oneclass.py
 
 clean:
 	rm -rf outputs mlruns mlartifacts mlflow.db data/*.parquet data/incoming

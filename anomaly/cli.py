@@ -29,6 +29,16 @@ def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _image_size(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    try:
+        height, width = (int(v) for v in value.lower().split("x"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected HEIGHTxWIDTH such as 28x28, got {value!r}") from exc
+    return height, width
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -65,13 +75,19 @@ TrackingOpt = Annotated[
 
 @app.command()
 def train(
-    data: Annotated[str, typer.Argument(help="Normal data: a Parquet file, a directory or a glob")],
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="Normal data: a Parquet file, a directory or a glob (images: a folder of PNG/JPEG or Parquet with image bytes)"
+        ),
+    ],
     config: Annotated[
         Path | None,
         typer.Option(help="YAML of TrainSettings (detector hyperparameters, quantile, splits)"),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Network family: dense, lstm_seq2seq or conv1d")
+        str | None,
+        typer.Option(help="Network family: dense, lstm_seq2seq, conv1d or conv (images)"),
     ] = None,
     window: Annotated[
         int | None, typer.Option(help="Points per window: model a time series (CSV or Parquet)")
@@ -98,6 +114,14 @@ def train(
         str | None, typer.Option(help="reject or impute rows with NaN/inf features")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = None,
+    image_size: Annotated[
+        str | None,
+        typer.Option(help="Images: HEIGHTxWIDTH to resize to (default: the first image's size)"),
+    ] = None,
+    channels: Annotated[int | None, typer.Option(help="Images: 1 (grayscale) or 3 (RGB)")] = None,
+    image_column: Annotated[
+        str | None, typer.Option(help="Images in Parquet: the column of encoded image bytes")
+    ] = None,
     run_name: Annotated[str | None, typer.Option(help="MLflow run name")] = None,
     tracking_config: TrackingOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -121,6 +145,9 @@ def train(
             "epochs": epochs,
             "nan_policy": nan_policy,
             "device": device,
+            "image_size": _image_size(image_size),
+            "channels": channels,
+            "image_column": image_column,
         }
         detector = settings.detector.model_copy(
             update={k: v for k, v in overrides.items() if v is not None}
@@ -187,6 +214,10 @@ def score(
         str | None,
         typer.Option(help="Score on an existing Dask cluster: its scheduler, tcp://HOST:8786"),
     ] = None,
+    heatmaps: Annotated[
+        bool,
+        typer.Option(help="Images: write flagged images' error maps as PNG beside OUTPUT"),
+    ] = False,
     tracking_config: TrackingOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -208,6 +239,7 @@ def score(
             context=str(context) if context else None,
             dask=dask,
             dask_address=dask_address,
+            heatmaps=heatmaps,
         )
     except Exception as exc:
         _fail(exc, verbose)

@@ -24,6 +24,12 @@ from anomaly.data.series import (
 )
 from anomaly.data.windows import POINT_REDUCTIONS, PointFold, sliding_windows
 from anomaly.errors import CalibrationError, InvalidRowsError, NotFittedError, SchemaError
+from anomaly.image_detector import (
+    IMAGE_MODELS,
+    ImageDetectorMixin,
+    build_image_module,
+    image_module_from_config,
+)
 from anomaly.models import (
     AutoencoderEnsemble,
     DenseAutoencoder,
@@ -32,7 +38,7 @@ from anomaly.models import (
     default_dense_layout,
     elementwise_error,
 )
-from anomaly.models.losses import LOSSES
+from anomaly.models.losses import IMAGE_LOSSES, LOSSES
 from anomaly.models.noise import NOISE_KINDS
 from anomaly.models.sequence import (
     Conv1dAutoencoder,
@@ -56,7 +62,7 @@ from anomaly.training import (
 
 logger = logging.getLogger(__name__)
 
-MODELS: tuple[str, ...] = ("dense", "lstm_seq2seq", "conv1d")
+MODELS: tuple[str, ...] = ("dense", "lstm_seq2seq", "conv1d", *IMAGE_MODELS)
 # Families that only make sense on windows of a series.
 SERIES_MODELS: tuple[str, ...] = ("lstm_seq2seq", "conv1d")
 NAN_POLICIES: tuple[str, ...] = ("reject", "impute")
@@ -68,8 +74,13 @@ def build_module(
     """Build the network for ``model`` and return it with the JSON-able config that rebuilds it.
 
     ``n_features`` is the encoded width of a row; for windows (``params["window"]`` set) it is
-    the number of series features, and the network takes ``(n, window, n_features)``.
+    the number of series features, and the network takes ``(n, window, n_features)``. For image
+    models ``params["channels"]`` and ``params["image_size"]`` give the shape.
     """
+    if model in IMAGE_MODELS:
+        shape = (params["channels"], *params["image_size"])
+        image_config = build_image_module(params, shape)
+        return image_module_from_config(image_config), image_config
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     window = params.get("window")
@@ -126,6 +137,8 @@ def build_module(
 
 def module_from_config(model: str, config: dict[str, Any]) -> nn.Module:
     """Rebuild a network from the config :func:`build_module` returned."""
+    if model in IMAGE_MODELS:
+        return image_module_from_config(config)
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     options = {k: v for k, v in config.items() if k not in ("n_members", "window")}
@@ -147,7 +160,7 @@ def module_from_config(model: str, config: dict[str, Any]) -> nn.Module:
     return AutoencoderEnsemble([one() for _ in range(n_members)])
 
 
-class AutoencoderDetector(BaseEstimator):
+class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
     """Autoencoder anomaly detector fitted on normal data only.
 
     The anomaly score of a sample is its reconstruction error (``loss`` per element, reduced
@@ -164,7 +177,7 @@ class AutoencoderDetector(BaseEstimator):
 
     Parameters
     ----------
-    model : {"dense", "lstm_seq2seq", "conv1d"}
+    model : {"dense", "lstm_seq2seq", "conv1d", "conv"}
         Network family. ``lstm_seq2seq`` and ``conv1d`` need ``window``; ``dense`` with a
         ``window`` reconstructs flattened windows.
     hidden_layers : sequence of int, optional
@@ -246,6 +259,23 @@ class AutoencoderDetector(BaseEstimator):
         sample passes as jitter).
     kernel_size : int
         Time steps per convolution kernel (conv1d).
+    image_size : (int, int), optional
+        Images (``model="conv"``): ``(height, width)``; default the size of the images ``fit``
+        gets. Files of another size are resized to it when read (:mod:`anomaly.data.images`).
+        Images take arrays ``(n, H, W)`` or ``(n, C, H, W)``, uint8 or float in [0, 1], score
+        from per-pixel errors (:meth:`error_maps`) and have no table schema.
+    channels : {1, 3}
+        Images: grayscale or RGB.
+    conv_channels : sequence of int, optional
+        Images: widths of the stride-2 convolutions (default ``(32, 64)``); ``latent_dim``
+        defaults to 32 for images. ``loss="ssim"`` is for images only.
+    ssim_weight : float
+        Images, ``loss="ssim"``: share of the SSIM term in the per-pixel error, the rest
+        squared error (1 = pure SSIM).
+    topk_fraction : float
+        ``reduction="topk"``: the score is the mean of this share of the largest errors.
+    image_column : str
+        Images in Parquet files: the column holding encoded image bytes.
     """
 
     def __init__(
@@ -291,6 +321,13 @@ class AutoencoderDetector(BaseEstimator):
         frequency: str | float | None = None,
         gap_tolerance: float = 2.5,
         kernel_size: int = 7,
+        # images (model="conv")
+        image_size: tuple[int, int] | None = None,
+        channels: int = 1,
+        conv_channels: Sequence[int] | None = None,
+        ssim_weight: float = 1.0,
+        topk_fraction: float = 0.05,
+        image_column: str = "image",
     ):
         self.model = model
         self.hidden_layers = hidden_layers
@@ -333,6 +370,13 @@ class AutoencoderDetector(BaseEstimator):
         self.frequency = frequency
         self.gap_tolerance = gap_tolerance
         self.kernel_size = kernel_size
+        # images
+        self.image_size = image_size
+        self.channels = channels
+        self.conv_channels = conv_channels
+        self.ssim_weight = ssim_weight
+        self.topk_fraction = topk_fraction
+        self.image_column = image_column
 
     # ------------------------------------------------------------------ fitting
     def _validate_params(self) -> None:
@@ -349,7 +393,11 @@ class AutoencoderDetector(BaseEstimator):
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.loss == "bce" and self.scaler != "minmax":
+        if self.model in IMAGE_MODELS:
+            self._validate_image_params()
+        elif self.loss in IMAGE_LOSSES:
+            raise ValueError(f"loss={self.loss!r} needs an image model {IMAGE_MODELS}")
+        elif self.loss == "bce" and self.scaler != "minmax":
             raise ValueError("loss='bce' needs data in [0, 1]: set scaler='minmax'")
         if self.n_estimators < 1:
             raise ValueError(f"n_estimators must be at least 1, got {self.n_estimators}")
@@ -426,6 +474,8 @@ class AutoencoderDetector(BaseEstimator):
                 "need 0 < calibration_fraction < 1, 0 <= validation_fraction < 1 and their sum < 1, "
                 f"got {calibration_fraction} and {validation_fraction}"
             )
+        if self.model in IMAGE_MODELS:
+            return self._fit_images(X, quantile, validation_fraction, calibration_fraction)
         if self.window is not None:
             return self._fit_series(
                 as_frame(X), quantile, validation_fraction, calibration_fraction
@@ -589,6 +639,8 @@ class AutoencoderDetector(BaseEstimator):
         its first rows score as if the two batches were one.
         """
         self._check_fitted()
+        if self.model in IMAGE_MODELS:
+            return self._image_scores(self._as_images(X))
         if self.window is not None:
             return self._series_values(X, context)[:, 0].astype(np.float64)
         return self._score_encoded(self._encode(X))[0]
@@ -600,9 +652,11 @@ class AutoencoderDetector(BaseEstimator):
 
         One-hot columns are summed back onto their categorical column. Large values show which
         features made a sample anomalous. For time series, each point's per-feature error is
-        folded over windows like its score.
+        folded over windows like its score. Images: see :meth:`error_maps`.
         """
         self._check_fitted()
+        if self.model in IMAGE_MODELS:
+            raise TypeError("feature_errors is for tables; use error_maps for images")
         frame = self._frame(X)
         if self.window is not None:
             per_feature = self._series_values(frame, context)[:, 1:]
@@ -637,6 +691,7 @@ class AutoencoderDetector(BaseEstimator):
         if self.window is not None:
             return self._series_values(X, context, codes=True)
         module = self.module_
+        encoded = self._as_images(X) if self.model in IMAGE_MODELS else self._encode(X)
 
         def codes(batch: torch.Tensor) -> torch.Tensor:
             z = module(batch).z
@@ -645,7 +700,7 @@ class AutoencoderDetector(BaseEstimator):
         return infer_in_batches(
             codes,
             module,
-            self._encode(X),
+            encoded,
             4096,
             self.device_,
             mixed_precision=False,

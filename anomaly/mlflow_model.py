@@ -15,7 +15,10 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
 class AnomalyDetectorModel(PythonModel):
-    """Scores a DataFrame: one output row per input row, aligned with it."""
+    """Scores a DataFrame: one output row per input row, aligned with it.
+
+    For an image model the DataFrame holds encoded image bytes in the detector's ``image_column``.
+    """
 
     def load_context(self, context: PythonModelContext) -> None:
         from anomaly.detectors import AutoencoderDetector
@@ -30,7 +33,33 @@ class AnomalyDetectorModel(PythonModel):
     ) -> pd.DataFrame:
         from anomaly.scoring import score_rows
 
-        return score_rows(self.detector, pd.DataFrame(model_input)).reset_index(drop=True)
+        frame = pd.DataFrame(model_input)
+        if getattr(self.detector, "image_shape_", None) is not None:
+            return self._score_images(frame)
+        return score_rows(self.detector, frame).reset_index(drop=True)
+
+    def _score_images(self, frame: pd.DataFrame) -> pd.DataFrame:
+        import numpy as np
+
+        from anomaly.data.images import read_image_frame
+
+        det = self.detector
+        channels, height, width = det.image_shape_
+        batch = read_image_frame(frame, det.image_column, [], (height, width), channels)
+        out = pd.DataFrame(index=range(len(frame)))
+        out["anomaly_score"] = np.nan
+        out["p_value"] = np.nan
+        out["is_anomaly"] = False
+        out["reject_reason"] = ""
+        ok = batch.index["source_row"].to_numpy()
+        scores = det.score_samples(batch.images)
+        out.loc[ok, "anomaly_score"] = scores
+        out.loc[ok, "p_value"] = det.thresholder_.p_values(scores)
+        out.loc[ok, "is_anomaly"] = det.thresholder_.predict(scores)
+        out.loc[batch.rejected["source_row"].to_numpy(), "reject_reason"] = batch.rejected[
+            "reason"
+        ].to_numpy()
+        return out
 
 
 mlflow.models.set_model(AnomalyDetectorModel())

@@ -10,6 +10,9 @@ A saved detector is a directory::
     series_scaler.json      instead of the two above, for time-series detectors: scaling statistics
     manifest.json           SHA-256 of every file above, checked on load
 
+Image detectors have no schema and no preprocessor files; ``detector.json`` records the image
+shape ``(channels, height, width)`` instead.
+
 It is written to a temporary sibling directory and renamed into place, so a crash never
 leaves a half-written model where a reader would find it.
 """
@@ -34,6 +37,7 @@ from safetensors.torch import save_file as save_torch
 from anomaly.data.schema import TableSchema
 from anomaly.data.series import SeriesPolicy
 from anomaly.errors import ModelFileError
+from anomaly.image_detector import IMAGE_MODELS
 from anomaly.models import Objective
 from anomaly.preprocessing import SeriesScaler, TabularPreprocessor
 from anomaly.thresholds import threshold_from_dict
@@ -81,9 +85,10 @@ def save_detector(detector: AutoencoderDetector, path: str | os.PathLike[str]) -
             {"scores": detector.thresholder_.calibration_scores_},
             str(tmp / "calibration.safetensors"),
         )
-        if detector.window is None:
+        image = detector.model in IMAGE_MODELS  # no preprocessor; the shape is in detector.json
+        if not image and detector.window is None:
             detector.preprocessor_.save(tmp)
-        else:
+        elif not image:
             (tmp / "series_scaler.json").write_text(json.dumps(detector.scaler_.to_dict()))
         config = {
             "format": FORMAT,
@@ -91,7 +96,8 @@ def save_detector(detector: AutoencoderDetector, path: str | os.PathLike[str]) -
             "anomaly_version": __version__,
             "class": type(detector).__name__,
             "params": _jsonable(detector.get_params()),
-            "schema": detector.schema_.to_dict(),
+            "schema": None if image else detector.schema_.to_dict(),
+            **({"image_shape": list(detector.image_shape_)} if image else {}),
             "module_config": _jsonable(detector.module_config_),
             "objective": asdict(detector.objective_),
             "threshold": detector.thresholder_.to_dict(),
@@ -165,7 +171,8 @@ def load_detector(path: str | os.PathLike[str], device: str = "auto") -> Autoenc
     params = dict(config["params"])
     params["device"] = device
     detector = AutoencoderDetector(**params)
-    schema = TableSchema.from_dict(config["schema"])
+    image = params.get("model") in IMAGE_MODELS
+    schema = None if image else TableSchema.from_dict(config["schema"])
     try:
         module = module_from_config(params["model"], config["module_config"])
         module.load_state_dict(load_torch(str(directory / "weights.safetensors")))
@@ -181,8 +188,10 @@ def load_detector(path: str | os.PathLike[str], device: str = "auto") -> Autoenc
             f"{directory}: calibration scores do not reproduce the saved threshold"
         )
 
-    detector.schema_ = schema
-    if detector.window is None:
+    detector.schema_ = schema  # type: ignore[assignment]
+    if schema is None:
+        detector.preprocessor_ = None  # type: ignore[assignment]
+    elif detector.window is None:
         detector.preprocessor_ = TabularPreprocessor.load(directory, schema)
     else:
         try:
@@ -213,6 +222,11 @@ def load_detector(path: str | os.PathLike[str], device: str = "auto") -> Autoenc
             "val_loss": tuple(history["val_loss"]),
         }
     )
+    if schema is None:
+        channels, height, width = (int(v) for v in config["image_shape"])
+        detector.image_shape_ = (channels, height, width)
+        detector.n_features_in_ = channels * height * width
+        return detector
     detector.n_features_in_ = len(schema.features)
     detector.feature_names_in_ = np.asarray(schema.feature_names, dtype=object)
     return detector

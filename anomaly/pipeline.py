@@ -7,14 +7,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from anomaly.config import TrainSettings
+from anomaly.data.images import ImageBatch, probe_image_size, read_images, write_png_atomic
 from anomaly.data.parquet import list_parquet_files, read_table, write_parquet_atomic
 from anomaly.data.series import list_series_files, read_series, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
+from anomaly.image_detector import IMAGE_MODELS
 from anomaly.monitoring import GateResult
-from anomaly.scoring import BatchSummary, ScoredBatch, score_frame
+from anomaly.plots import heatmap_rgb
+from anomaly.scoring import BatchSummary, ScoredBatch, score_frame, score_images
 from anomaly.streaming import StreamResult, score_parquet
 from anomaly.tracking import (
     LoadedModel,
@@ -28,19 +32,39 @@ from anomaly.tracking import (
 logger = logging.getLogger(__name__)
 
 
-def read_training_data(data: str, settings: TrainSettings) -> pd.DataFrame:
-    """Normal data for ``settings``: Parquet tables, or Parquet/CSV series when a window is set."""
-    return read_series(data) if settings.detector.window is not None else read_table(data)
+def read_training_data(data: str, settings: TrainSettings) -> pd.DataFrame | ImageBatch:
+    """Normal data for ``settings``: Parquet tables, Parquet/CSV series when a window is set, or
+    decoded images for an image model (at ``image_size``, or the first readable image's size).
+    """
+    options = settings.detector
+    if options.model in IMAGE_MODELS:
+        size = options.image_size or probe_image_size(data, options.image_column)
+        return read_images(data, size, options.channels, options.image_column, options.key_columns)
+    return read_series(data) if options.window is not None else read_table(data)
 
 
-def fit_detector(frame: pd.DataFrame, settings: TrainSettings) -> AutoencoderDetector:
-    """Build the detector the settings describe and fit it on ``frame`` (normal rows)."""
-    return settings.build_detector().fit(
-        frame,
+def fit_detector(frame: pd.DataFrame | ImageBatch, settings: TrainSettings) -> AutoencoderDetector:
+    """Build the detector the settings describe and fit it on ``frame`` (normal rows or images)."""
+    detector = settings.build_detector()
+    images = isinstance(frame, ImageBatch)
+    if images:
+        if len(frame.rejected):
+            logger.warning(
+                "fit: leaving out %d of %d images that cannot be decoded (first: %s)",
+                len(frame.rejected),
+                len(frame),
+                frame.rejected.iloc[0].to_dict(),
+            )
+        detector.set_params(image_size=tuple(frame.images.shape[2:]))
+    detector.fit(
+        frame.images if images else frame,
         quantile=settings.quantile,
         validation_fraction=settings.validation_fraction,
         calibration_fraction=settings.calibration_fraction,
     )
+    if images:
+        detector.fit_info_ |= {"n_rows": len(frame), "n_rejected": len(frame.rejected)}
+    return detector
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,7 @@ def score_files_to(
     dask: bool = False,
     dask_address: str | None = None,
     context_path: str | os.PathLike[str] | None = None,
+    heatmaps: bool = False,
 ) -> StreamResult:
     """Score every Parquet file of ``data`` straight into the output files, in bounded memory.
 
@@ -121,11 +146,13 @@ def score_files_to(
     same rows and scores land in ``output`` and ``rejects`` (default beside ``output``).
     A time-series model carries points across rows and files, so its data is scored in order
     in memory (:func:`score_series_files`, continuing from ``context_path``) and then written.
+    So is an image batch (decoded images are the unit, not Parquet record batches); with
+    ``heatmaps`` its flagged images' error maps are written as PNG beside the output.
     """
     rejects_path = Path(rejects) if rejects is not None else rejects_path_for(output)
-    if model.detector.window is not None:
-        batch = score_series_files(model, data, context_path)
-        out, rej = write_outputs(batch, output, rejects_path)
+    if model.detector.window is not None or model.detector.model in IMAGE_MODELS:
+        batch = score_files(model, data, context_path)
+        out, rej = write_outputs(batch, output, rejects_path, heatmaps=heatmaps)
         return StreamResult.of_batch(batch, out, rej)
     args = (model.detector, data, output, rejects_path, model.name, model.version)
     if dask or dask_address:
@@ -141,11 +168,32 @@ def score_files(
     """Score every Parquet file of ``data`` (file, directory or glob) file by file.
 
     Rejected rows carry the file they came from; a schema problem names the file. For a
-    time-series model see :func:`score_series_files`. For data larger than memory use
+    time-series model see :func:`score_series_files`. For an image model ``data`` is an image
+    folder, image file, Parquet files with an image-bytes column, or a glob. For data larger than
+    memory use
     :func:`score_files_to`, which writes as it goes.
     """
     if model.detector.window is not None:
         return score_series_files(model, data, context_path)
+    detector = model.detector
+    if detector.model in IMAGE_MODELS:
+        channels, height, width = detector.image_shape_
+        images = read_images(
+            data,
+            (height, width),
+            channels,
+            detector.image_column,
+            detector.key_columns,
+        )
+        batch = score_images(detector, images, model.name, model.version)
+        logger.info(
+            "%s: %d scored, %d rejected, %d flagged",
+            data,
+            batch.n_scored,
+            batch.n_rejected,
+            batch.n_flagged,
+        )
+        return batch
     scored, rejected = [], []
     for path in list_parquet_files(data):
         batch = score_frame(
@@ -229,20 +277,49 @@ def check_output_path(output: str | os.PathLike[str]) -> Path:
     return path
 
 
+def heatmaps_dir_for(output: str | os.PathLike[str]) -> Path:
+    """Heat maps beside the output: ``scores.parquet`` -> ``scores.heatmaps/``."""
+    out = Path(output)
+    return out.with_name(f"{out.stem}.heatmaps")
+
+
+def write_heatmaps(batch: ScoredBatch, directory: str | os.PathLike[str]) -> pd.Series:
+    """Write the error map of every flagged image as a PNG heat map; return the paths by scored row.
+
+    All maps share one colour scale (the largest error among them), so they compare directly.
+    Files are named by the image's row in the scored output (``000042.png``).
+    """
+    paths = pd.Series(pd.NA, index=batch.scored.index, dtype="string")
+    review = batch.images
+    if review is None or not len(review.flagged_rows):
+        return paths
+    vmax = float(np.max(review.flagged_error_maps))
+    for row, error_map in zip(review.flagged_rows, review.flagged_error_maps, strict=True):
+        path = write_png_atomic(heatmap_rgb(error_map, vmax), Path(directory) / f"{row:06d}.png")
+        paths.iloc[row] = str(path)
+    return paths
+
+
 def write_outputs(
     batch: ScoredBatch,
     output: str | os.PathLike[str],
     rejects: str | os.PathLike[str] | None = None,
+    heatmaps: bool = False,
 ) -> tuple[Path, Path]:
-    """Write scored rows and rejected rows atomically; the rejects file is written even when empty."""
+    """Write scored rows and rejected rows atomically; the rejects file is written even when empty.
+
+    With ``heatmaps`` (image batches), the flagged images' error maps go to PNG files in
+    :func:`heatmaps_dir_for` and the scored output gets their paths in a ``heatmap`` column.
+    """
     rejects_path = Path(rejects) if rejects is not None else rejects_path_for(output)
     if rejects_path.resolve() == Path(output).resolve():
         raise ValueError(
             f"rejects and output are the same file ({output}); give them different paths"
         )
-    return write_parquet_atomic(batch.scored, output), write_parquet_atomic(
-        batch.rejected, rejects_path
-    )
+    scored = batch.scored
+    if heatmaps and batch.images is not None:
+        scored = scored.assign(heatmap=write_heatmaps(batch, heatmaps_dir_for(output)))
+    return write_parquet_atomic(scored, output), write_parquet_atomic(batch.rejected, rejects_path)
 
 
 @dataclass(frozen=True)
@@ -293,11 +370,13 @@ def score(
     context: str | None = None,
     dask: bool = False,
     dask_address: str | None = None,
+    heatmaps: bool = False,
 ) -> ScoreResult:
     """Score new data with a registered model, write outputs and log the scoring run.
 
     ``context``: for a time-series model, the file carrying points from batch to batch
-    (default :func:`context_path_for` the output).
+    (default :func:`context_path_for` the output). ``heatmaps``: for image models, also write
+    the flagged images' error maps as PNG heat maps.
     """
     check_output_path(output)
     model = load_registered_detector(model_uri, tracking, device=device)
@@ -309,6 +388,7 @@ def score(
         dask=dask,
         dask_address=dask_address,
         context_path=context or context_path_for(output, model.name),
+        heatmaps=heatmaps,
     )
     out, rej = result.output, result.rejects
     run_id = log_scoring_run(result, model, data, str(out), str(rej), tracking)

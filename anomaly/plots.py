@@ -1,4 +1,4 @@
-"""Figures a reviewer looks at: calibration errors against the threshold, loss curves, errors per feature.
+"""Figures a reviewer looks at: calibration errors against the threshold, loss curves, errors per feature, image grids.
 
 Each function returns a matplotlib Figure and touches no files; callers save or log it.
 """
@@ -158,3 +158,46 @@ def latent_pca(latent: np.ndarray, flagged: np.ndarray, threshold: float) -> Fig
     ax.set_title(f"Latent space of calibration rows, threshold {threshold:.4g}")
     ax.legend()
     return fig
+
+
+def image_grid(
+    images: np.ndarray,
+    reconstructions: np.ndarray,
+    error_maps: np.ndarray,
+    scores: np.ndarray | None = None,
+    title: str = "Images, reconstructions and error maps",
+) -> Figure:
+    """Three rows per column: the image ``(C, H, W)``, its reconstruction, its error map ``(H, W)``.
+
+    Error maps share one colour scale (the largest error shown), so columns compare directly.
+    """
+    n = len(images)
+    fig, axes = plt.subplots(
+        3, max(n, 1), figsize=(1.6 * max(n, 1) + 1, 5.2), squeeze=False, layout="constrained"
+    )
+    vmax = float(np.max(error_maps)) if n else 1.0
+    for j in range(n):
+        for i, (panel, cmap) in enumerate(
+            ((images[j], "gray"), (reconstructions[j], "gray"), (error_maps[j], "inferno"))
+        ):
+            shown = panel if panel.ndim == 2 else np.moveaxis(panel, 0, -1).squeeze(-1)
+            if cmap == "gray" and shown.ndim == 3:  # RGB
+                axes[i, j].imshow(np.clip(shown, 0, 1))
+            else:
+                axes[i, j].imshow(shown, cmap=cmap, vmin=0, vmax=vmax if cmap == "inferno" else 1)
+        if scores is not None:
+            axes[0, j].set_title(f"{scores[j]:.3g}", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for i, label in enumerate(("image", "reconstruction", "error")):
+        axes[i, 0].set_ylabel(label)
+    fig.suptitle(title)
+    return fig
+
+
+def heatmap_rgb(error_map: np.ndarray, vmax: float) -> np.ndarray:
+    """An error map ``(H, W)`` as an RGB heat map ``(H, W, 3)`` uint8 (inferno, 0 to ``vmax``)."""
+    scaled = np.clip(error_map / vmax, 0, 1) if vmax > 0 else np.zeros_like(error_map)
+    rgba = matplotlib.colormaps["inferno"](scaled)
+    return (rgba[..., :3] * 255).round().astype(np.uint8)

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from anomaly.data.images import ImageBatch
 from anomaly.detectors import AutoencoderDetector
 from anomaly.errors import SchemaError
 from anomaly.monitoring import GateResult, GateSettings, promotion_gate
@@ -25,13 +26,20 @@ logger = logging.getLogger(__name__)
 
 
 def split_holdout(
-    frame: pd.DataFrame, fraction: float, seed: int = 0, contiguous: bool = False
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame: pd.DataFrame | ImageBatch, fraction: float, seed: int = 0, contiguous: bool = False
+) -> tuple[pd.DataFrame | ImageBatch, pd.DataFrame | ImageBatch]:
     """Split normal rows into (rows to fit on, hold-out rows the model never sees).
 
     Rows are drawn at random; for time series (``contiguous``) the last ``fraction`` of the
     rows is held out instead, so both parts stay unbroken series.
     """
+    if isinstance(frame, ImageBatch):  # images: a random share of the decoded images
+        order = np.random.default_rng(seed).permutation(len(frame.images))
+        n_holdout = round(len(order) * max(fraction, 0.0))
+        return (
+            frame.subset(np.sort(order[n_holdout:]), keep_rejected=True),
+            frame.subset(np.sort(order[:n_holdout])),
+        )
     if fraction <= 0:
         return frame, frame.iloc[:0]
     if contiguous:
@@ -43,7 +51,7 @@ def split_holdout(
 
 def evaluate_gate(
     detector: AutoencoderDetector,
-    holdout: pd.DataFrame,
+    holdout: pd.DataFrame | ImageBatch,
     settings: GateSettings | None = None,
     labelled: pd.DataFrame | None = None,
 ) -> GateResult:
@@ -52,7 +60,12 @@ def evaluate_gate(
     Rows that cannot be scored (NaN/inf) are left out, as they are when scoring.
     """
     settings = settings or GateSettings()
-    holdout_scores = score_frame(detector, holdout).scored["anomaly_score"].to_numpy()
+    if isinstance(holdout, ImageBatch):
+        if labelled is not None:
+            raise ValueError("labelled gate data is not supported for image models yet")
+        holdout_scores = detector.score_samples(holdout.images)
+    else:
+        holdout_scores = score_frame(detector, holdout).scored["anomaly_score"].to_numpy()
     labelled_scores = labels = None
     if labelled is not None:
         if settings.label_column not in labelled.columns:

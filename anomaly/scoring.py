@@ -1,4 +1,4 @@
-"""Scores at two levels (per feature, per sample) and batch scoring of tables with rejects."""
+"""Scores at two levels (per feature or pixel, per sample) and batch scoring of tables and images with rejects."""
 
 from __future__ import annotations
 
@@ -14,23 +14,33 @@ from anomaly.data.schema import REJECT_COLUMNS, invalid_rows
 from anomaly.errors import SchemaError
 
 if TYPE_CHECKING:
+    from anomaly.data.images import ImageBatch
     from anomaly.detectors import AutoencoderDetector
 
-Reduction = Literal["mean", "max"]
+Reduction = Literal["mean", "max", "topk"]
 
-REDUCTIONS: tuple[str, ...] = ("mean", "max")
+REDUCTIONS: tuple[str, ...] = ("mean", "max", "topk")
 
 
-def reduce_errors(errors: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
-    """Reduce per-feature errors ``(n_samples, ...)`` to one score per sample ``(n_samples,)``.
+def reduce_errors(
+    errors: torch.Tensor, reduction: Reduction = "mean", topk_fraction: float = 0.05
+) -> torch.Tensor:
+    """Reduce per-feature (or per-pixel) errors ``(n_samples, ...)`` to one score ``(n_samples,)``.
 
-    ``mean`` suits broad deviations; ``max`` reacts to a single broken feature.
+    ``mean`` suits broad deviations; ``max`` reacts to a single broken feature; ``topk`` is the
+    mean of the largest ``topk_fraction`` of errors (at least one), which catches a small image
+    defect that a mean over all pixels dilutes, with less noise than ``max``.
     """
     flat = errors.reshape(len(errors), -1)
     if reduction == "mean":
         return flat.mean(dim=1)
     if reduction == "max":
         return flat.amax(dim=1)
+    if reduction == "topk":
+        if not 0 < topk_fraction <= 1:
+            raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}")
+        k = max(1, round(flat.shape[1] * topk_fraction))
+        return flat.topk(k, dim=1).values.mean(dim=1)
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
@@ -219,13 +229,41 @@ def check_reject_columns(columns: Iterable[object], source: str | None = None) -
 
 
 @dataclass(frozen=True)
+class ImageReview:
+    """What a reviewer of an image batch looks at, computed while scoring.
+
+    Attributes
+    ----------
+    top_rows : ndarray (k,)
+        Positions in ``ScoredBatch.scored`` of the highest-scoring images, highest first.
+    top_images, top_reconstructions : ndarray (k, C, H, W)
+    top_error_maps : ndarray (k, H, W)
+    flagged_rows : ndarray (m,)
+        Positions in ``ScoredBatch.scored`` of every flagged image.
+    flagged_error_maps : ndarray (m, H, W)
+        Their error maps (for heat maps beside the output).
+    """
+
+    top_rows: np.ndarray
+    top_images: np.ndarray
+    top_reconstructions: np.ndarray
+    top_error_maps: np.ndarray
+    flagged_rows: np.ndarray
+    flagged_error_maps: np.ndarray
+
+
+@dataclass(frozen=True)
 class ScoredBatch:
-    """A scored table split into scored rows and rejected rows (with a ``reason``)."""
+    """A scored table split into scored rows and rejected rows (with a ``reason``).
+
+    Image batches also carry an :class:`ImageReview` (top-scoring and flagged images).
+    """
 
     scored: pd.DataFrame
     rejected: pd.DataFrame
     # Time series only: rows or points each duplicate/gap/context decision touched.
     series_counts: dict[str, int] = field(default_factory=dict)
+    images: ImageReview | None = None
 
     @property
     def n_scored(self) -> int:
@@ -327,3 +365,42 @@ def score_frame(
             f"rows in {len(frame)} != scored {len(scored)} + rejected {len(rejected)}"
         )
     return ScoredBatch(scored=scored, rejected=rejected, series_counts=series_counts)
+
+
+def score_images(
+    detector: AutoencoderDetector,
+    batch: ImageBatch,
+    model_name: str = "",
+    model_version: str = "",
+    n_top: int = 8,
+) -> ScoredBatch:
+    """Score decoded images for output: one row per image with its keys, images that could not be decoded as rejects.
+
+    Scored rows carry the batch's key columns (``path`` for folders, the key columns for
+    Parquet), ``anomaly_score``, ``p_value``, ``is_anomaly``, ``threshold``, ``model_name``,
+    ``model_version`` and ``source_file`` (and ``source_row``); rejected rows keep their keys
+    with a ``reason``. Rows in = scored + rejected.
+    """
+    detector._check_fitted()
+    scores = detector.score_samples(batch.images)
+    scored = batch.index.copy()
+    position = len(batch.key_columns)
+    scored.insert(position, "anomaly_score", scores)
+    scored.insert(position + 1, "p_value", detector.thresholder_.p_values(scores))
+    scored.insert(position + 2, "is_anomaly", detector.thresholder_.predict(scores).astype(bool))
+    scored.insert(position + 3, "threshold", detector.threshold_)
+    scored.insert(position + 4, "model_name", pd.Series([model_name] * len(scored), dtype="string"))
+    scored.insert(
+        position + 5, "model_version", pd.Series([str(model_version)] * len(scored), dtype="string")
+    )
+    top = np.argsort(-scores, kind="stable")[:n_top]
+    flagged = np.flatnonzero(scored["is_anomaly"].to_numpy())
+    review = ImageReview(
+        top_rows=top,
+        top_images=batch.images[top],
+        top_reconstructions=detector.reconstruct(batch.images[top]),
+        top_error_maps=detector.error_maps(batch.images[top]),
+        flagged_rows=flagged,
+        flagged_error_maps=detector.error_maps(batch.images[flagged]),
+    )
+    return ScoredBatch(scored=scored, rejected=batch.rejected.copy(), images=review)

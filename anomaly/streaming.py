@@ -39,6 +39,7 @@ from anomaly.scoring import ScoredBatch, check_reject_columns, score_row_arrays
 
 if TYPE_CHECKING:
     from anomaly.detectors import AutoencoderDetector
+    from anomaly.scoring import ImageReview
 
 logger = logging.getLogger(__name__)
 
@@ -336,6 +337,8 @@ class StreamResult:
     output: Path
     rejects: Path
     series_counts: dict[str, int] = field(default_factory=dict)
+    # Image batches only: the top-scoring images for the scoring run's review plot.
+    images: ImageReview | None = None
 
     @property
     def anomaly_rate(self) -> float:
@@ -353,6 +356,7 @@ class StreamResult:
             output=output,
             rejects=rejects,
             series_counts=dict(batch.series_counts),
+            images=batch.images,
         )
 
 

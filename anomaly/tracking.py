@@ -29,6 +29,7 @@ from anomaly.data.schema import invalid_row_reasons
 from anomaly.errors import ModelFileError, ModelNotFoundError
 
 if TYPE_CHECKING:
+    from anomaly.data.images import ImageBatch
     from anomaly.detectors import AutoencoderDetector
     from anomaly.monitoring import BatchReport, GateResult
     from anomaly.scoring import BatchSummary
@@ -120,7 +121,7 @@ def _flat_params(detector: AutoencoderDetector) -> dict[str, str]:
 
 def log_training_run(
     detector: AutoencoderDetector,
-    training_frame: pd.DataFrame,
+    training_frame: pd.DataFrame | ImageBatch,
     data_source: str,
     config: TrackingConfig,
     run_name: str | None = None,
@@ -137,7 +138,16 @@ def log_training_run(
 
     With ``idempotency_key``, a repeated call (a retried task) whose first attempt finished
     returns the version that attempt registered instead of registering another.
+
+    For an image detector ``training_frame`` is the :class:`~anomaly.data.images.ImageBatch` it
+    was fitted on; the review plots are a grid of calibration images, reconstructions and
+    error maps, and the pyfunc model scores a DataFrame with an image-bytes column.
     """
+    from anomaly.data.images import ImageBatch
+
+    images = training_frame if isinstance(training_frame, ImageBatch) else None
+    if images is not None:
+        training_frame = images.index
     detector._check_fitted()
     experiment_id = configure(config)
     client = MlflowClient()
@@ -169,7 +179,9 @@ def log_training_run(
         )
         mlflow.log_params(
             {
-                "features": ",".join(detector.schema_.feature_names)[:6000],
+                "features": ",".join(detector.schema_.feature_names)[:6000]
+                if images is None
+                else "x".join(map(str, detector.image_shape_)),
                 "device_used": history.device,
             }
         )
@@ -215,25 +227,31 @@ def log_training_run(
             plots.loss_curves(history.train_loss, history.val_loss, history.best_epoch),
             "plots/loss_curves.png",
         )
-        if detector.window is not None:
-            per_feature, example = _review_series(detector, training_frame)
+        example: pd.DataFrame | None = None
+        if images is not None:
+            _log_image_review(detector, images.images)
         else:
-            per_feature, example = _review_table(detector, training_frame)
-        _log_figure(
-            plots.feature_error_bars(list(per_feature.index), per_feature.to_numpy()),
-            "plots/feature_errors.png",
-        )
-        mlflow.log_dict(per_feature.to_dict(), "feature_errors.json")
-        _log_threshold_review(detector, training_frame, data_source)
+            if detector.window is not None:
+                per_feature, example = _review_series(detector, training_frame)
+            else:
+                per_feature, example = _review_table(detector, training_frame)
+            _log_figure(
+                plots.feature_error_bars(list(per_feature.index), per_feature.to_numpy()),
+                "plots/feature_errors.png",
+            )
+            mlflow.log_dict(per_feature.to_dict(), "feature_errors.json")
+            _log_threshold_review(detector, training_frame, data_source)
 
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "detector"
             detector.save(saved)
-            from anomaly.scoring import score_rows
+            signature = None
+            if example is not None:
+                from anomaly.scoring import score_rows
 
-            signature = infer_signature(
-                example, score_rows(detector, example).reset_index(drop=True)
-            )
+                signature = infer_signature(
+                    example, score_rows(detector, example).reset_index(drop=True)
+                )
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(_PYFUNC_ENTRY),
@@ -259,6 +277,25 @@ def log_training_run(
     logger.info("registered %s (run %s)", model_uri, run.info.run_id)
     return RegisteredModel(
         run.info.run_id, config.registered_model_name, version, model_uri, mlflow.get_tracking_uri()
+    )
+
+
+def _log_image_review(detector: AutoencoderDetector, images: np.ndarray, n: int = 8) -> None:
+    """Grid of calibration images (never trained on), reconstructions and error maps."""
+    split = getattr(detector, "split_index_", None)
+    rows = np.asarray(split["calibration"]) if split is not None else np.arange(len(images))
+    rows = rows[rows < len(images)][:n]
+    sample = images[rows]
+    scores = detector.score_samples(sample)
+    _log_figure(
+        plots.image_grid(
+            sample,
+            detector.reconstruct(sample),
+            detector.error_maps(sample),
+            scores,
+            title="Calibration images (score above), reconstructions, error maps",
+        ),
+        "plots/calibration_images.png",
     )
 
 
@@ -558,6 +595,18 @@ def log_scoring_run(
             ),
             "plots/batch_score_histogram.png",
         )
+        review = getattr(batch, "images", None)
+        if review is not None and len(review.top_rows):
+            _log_figure(
+                plots.image_grid(
+                    review.top_images,
+                    review.top_reconstructions,
+                    review.top_error_maps,
+                    scores[review.top_rows],
+                    title="Highest-scoring images (score above), reconstructions, error maps",
+                ),
+                "plots/top_scoring_images.png",
+            )
         run_id = run.info.run_id
     if report is not None:
         _log_monitor_step(experiment_id, model, metrics, run_id)

@@ -37,11 +37,19 @@ def score_data(
     dask: bool,
     dask_address: str | None,
     context: str,
+    heatmaps: bool = False,
 ) -> StreamResult:
     # Scoring and writing are one step: rows stream from the inputs to the outputs, never all
     # in memory; the outputs appear (atomically) only once every row is accounted for.
     return score_files_to(
-        model, data, output, rejects, dask=dask, dask_address=dask_address, context_path=context
+        model,
+        data,
+        output,
+        rejects,
+        dask=dask,
+        dask_address=dask_address,
+        context_path=context,
+        heatmaps=heatmaps,
     )
 
 
@@ -69,18 +77,21 @@ def score_flow(
     context: str | None = None,
     dask: bool = False,
     dask_address: str | None = None,
+    heatmaps: bool = False,
 ) -> ScoreResult:
     """Score every Parquet file under ``data`` with ``model_uri`` (default: ``models:/NAME@champion``).
 
     ``context``: for a time-series model, the file that carries the last points of each series
     from one run to the next (default: beside ``output``). ``dask`` spreads the work over a
-    local Dask cluster; ``dask_address`` over an existing one.
+    local Dask cluster; ``dask_address`` over an existing one. For an image model ``data`` is an
+    image folder or Parquet files with image bytes; ``heatmaps`` writes the flagged images'
+    error maps as PNG files beside the output.
     """
     check_output_path(output)
     tracking = TrackingConfig.load(tracking_config)
     model = load_model(model_uri or tracking.champion_model_uri, tracking, device)
     context = context or str(context_path_for(output, model.name))
-    batch = score_data(model, data, output, rejects, dask, dask_address, context)
+    batch = score_data(model, data, output, rejects, dask, dask_address, context, heatmaps)
     out, rej = str(batch.output), str(batch.rejects)
     run_id = log_batch(batch, model, data, out, rej, tracking)
     result = ScoreResult.of(batch, model, out, rej, run_id)

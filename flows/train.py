@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from anomaly.config import TrainSettings
+from anomaly.data.images import ImageBatch
 from anomaly.detectors import AutoencoderDetector
 from anomaly.monitoring import GateResult, GateSettings
 from anomaly.pipeline import fit_detector, read_training_data
@@ -23,19 +24,19 @@ from flows import retry_unless_bad_input
     retry_condition_fn=retry_unless_bad_input,
     cache_policy=NO_CACHE,
 )
-def load_normal_data(data: str, settings: TrainSettings) -> pd.DataFrame:
+def load_normal_data(data: str, settings: TrainSettings) -> pd.DataFrame | ImageBatch:
     return read_training_data(data, settings)
 
 
 @task(cache_policy=NO_CACHE)
 def hold_out(
-    frame: pd.DataFrame, fraction: float, contiguous: bool
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame: pd.DataFrame | ImageBatch, fraction: float, contiguous: bool
+) -> tuple[pd.DataFrame | ImageBatch, pd.DataFrame | ImageBatch]:
     return split_holdout(frame, fraction, contiguous=contiguous)
 
 
 @task(cache_policy=NO_CACHE)
-def fit(frame: pd.DataFrame, settings: TrainSettings) -> AutoencoderDetector:
+def fit(frame: pd.DataFrame | ImageBatch, settings: TrainSettings) -> AutoencoderDetector:
     return fit_detector(frame, settings)
 
 
@@ -49,7 +50,7 @@ def fit(frame: pd.DataFrame, settings: TrainSettings) -> AutoencoderDetector:
 )
 def log_and_register(
     detector: AutoencoderDetector,
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | ImageBatch,
     data: str,
     tracking: TrackingConfig,
     run_name: str | None,
@@ -67,7 +68,7 @@ def log_and_register(
 @task(cache_policy=NO_CACHE)
 def gate(
     detector: AutoencoderDetector,
-    holdout: pd.DataFrame,
+    holdout: pd.DataFrame | ImageBatch,
     settings: GateSettings,
     labelled: pd.DataFrame | None,
 ) -> GateResult:
@@ -127,7 +128,7 @@ def train_flow(
                 "|---|---|",
                 f"| threshold | {detector.threshold_:.6g} (q={settings.quantile}) |",
                 f"| training rows | {len(frame)} ({len(holdout_frame)} held out for the gate) |",
-                f"| rows set aside (NaN/inf) | {info['n_rejected']} |",
+                f"| rows set aside (NaN/inf, undecodable) | {info['n_rejected']} |",
                 f"| fit / validation / calibration | {info['n_fit']} / {info['n_validation']} / {info['n_calibration']} |",
                 f"| epochs run (best) | {len(detector.history_.train_loss)} ({detector.history_.best_epoch}) |",
                 f"| gate | {verdict} |",

@@ -187,3 +187,41 @@ def make_series_table(
         )
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def make_blob_images(
+    n: int,
+    size: tuple[int, int] = (16, 16),
+    channels: int = 1,
+    seed: int = 0,
+    defect: bool = False,
+) -> np.ndarray:
+    """Smooth images ``(n, channels, H, W)`` in [0, 1]: one soft blob at a random place on a dark background.
+
+    With ``defect``, a bright square of a quarter of the short side is stamped in the bottom-right
+    corner (where blobs never are), the kind of small local fault a per-pixel error map should find.
+    """
+    rng = np.random.default_rng(seed)
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    cy = rng.uniform(0.2, 0.5, n)[:, None, None] * height
+    cx = rng.uniform(0.2, 0.5, n)[:, None, None] * width
+    radius = rng.uniform(0.12, 0.2, n)[:, None, None] * min(height, width)
+    blob = 0.8 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
+    images = np.repeat(blob[:, None], channels, axis=1)
+    if channels > 1:  # a per-image tint, so the channels differ
+        images = images * rng.uniform(0.6, 1.0, (n, channels, 1, 1))
+    images = images + rng.normal(0, 0.02, images.shape)
+    if defect:
+        side = max(2, min(height, width) // 4)
+        images[:, :, height - side - 1 : height - 1, width - side - 1 : width - 1] = 1.0
+    return np.clip(images, 0, 1).astype(np.float32)
+
+
+def defect_mask(size: tuple[int, int]) -> np.ndarray:
+    """Boolean ``(H, W)`` mask of the square :func:`make_blob_images` plants with ``defect=True``."""
+    height, width = size
+    side = max(2, min(height, width) // 4)
+    mask = np.zeros(size, dtype=bool)
+    mask[height - side - 1 : height - 1, width - side - 1 : width - 1] = True
+    return mask

@@ -1,5 +1,6 @@
 """Pure torch autoencoders: tensors in, tensors out; nothing here knows about files or MLflow."""
 
+from anomaly.models.conv import ConvAutoencoder, ConvConfig
 from anomaly.models.dense import (
     AutoencoderEnsemble,
     DenseAutoencoder,
@@ -9,9 +10,12 @@ from anomaly.models.dense import (
 from anomaly.models.losses import LossName, Objective, elementwise_error
 from anomaly.models.noise import NoiseName, corrupt
 from anomaly.models.outputs import Reconstruction
+from anomaly.models.ssim import ssim, ssim_map
 
 __all__ = [
     "AutoencoderEnsemble",
+    "ConvAutoencoder",
+    "ConvConfig",
     "DenseAutoencoder",
     "DenseConfig",
     "LossName",
@@ -21,4 +25,6 @@ __all__ = [
     "corrupt",
     "default_dense_layout",
     "elementwise_error",
+    "ssim",
+    "ssim_map",
 ]
