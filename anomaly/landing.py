@@ -15,7 +15,6 @@ they are ``min_age_seconds`` old.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from anomaly.data.parquet import list_parquet_files
+from anomaly.data.parquet import file_sha256, list_parquet_files
 from anomaly.errors import DataFileError
 from anomaly.monitoring import AlertSettings, BatchReport, monitor_batch
 from anomaly.pipeline import score_files, write_outputs
@@ -50,14 +49,6 @@ class LandingFile:
     @property
     def key(self) -> str:
         return f"{self.name}@{self.sha256}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Ledger:
@@ -138,7 +129,7 @@ def pending_files(
             continue
         if ledger.matches_stat(name, st.st_size, st.st_mtime_ns):
             continue
-        file = LandingFile(path, name, st.st_size, st.st_mtime_ns, _sha256(path))
+        file = LandingFile(path, name, st.st_size, st.st_mtime_ns, file_sha256(path))
         if not ledger.is_done(file):
             out.append(file)
     return out

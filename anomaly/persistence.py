@@ -19,7 +19,6 @@ leaves a half-written model where a reader would find it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
+from anomaly.data.parquet import file_sha256
 from anomaly.data.schema import TableSchema
 from anomaly.data.series import SeriesPolicy
 from anomaly.errors import ModelFileError
@@ -48,14 +48,6 @@ if TYPE_CHECKING:
 
 FORMAT = "anomaly-detector"
 FORMAT_VERSION = 1
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
@@ -108,7 +100,7 @@ def save_detector(detector: AutoencoderDetector, path: str | os.PathLike[str]) -
             "history": _jsonable(asdict(detector.history_)),
         }
         (tmp / "detector.json").write_text(json.dumps(config, indent=2))
-        manifest = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        manifest = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         # A directory cannot be renamed over a non-empty one: move the old model aside first,
         # and put it back if the new one cannot take its place.
@@ -146,7 +138,7 @@ def _verify(directory: Path) -> dict[str, Any]:
         file = directory / name
         if not file.is_file():
             raise ModelFileError(f"{file}: listed in the manifest but missing")
-        if _sha256(file) != expected:
+        if file_sha256(file) != expected:
             raise ModelFileError(
                 f"{file}: checksum does not match the manifest (truncated or modified)"
             )

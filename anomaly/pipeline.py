@@ -194,25 +194,40 @@ def score_files(
             batch.n_flagged,
         )
         return batch
-    scored, rejected = [], []
+    batches = []
     for path in list_parquet_files(data):
         batch = score_frame(
             model.detector, read_table(path), model.name, model.version, source=str(path)
         )
-        scored.append(batch.scored)
-        rejected.append(batch.rejected)
-        logger.info(
-            "%s: %d scored, %d rejected, %d flagged",
-            path,
-            batch.n_scored,
-            batch.n_rejected,
-            batch.n_flagged,
-        )
+        _log_file(path, batch)
+        batches.append(batch)
+    return _combine(batches)
+
+
+def _log_file(path: Path, batch: ScoredBatch) -> None:
+    logger.info(
+        "%s: %d scored, %d rejected, %d flagged",
+        path,
+        batch.n_scored,
+        batch.n_rejected,
+        batch.n_flagged,
+    )
+
+
+def _combine(batches: list[ScoredBatch]) -> ScoredBatch:
+    """One batch from per-file batches: rows concatenated in file order, series counts summed."""
+    rejected = [b.rejected for b in batches]
+    counts: dict[str, int] = {}
+    for batch in batches:
+        for key, value in batch.series_counts.items():
+            counts[key] = counts.get(key, 0) + value
     return ScoredBatch(
-        scored=pd.concat(scored, ignore_index=True),
+        scored=pd.concat([b.scored for b in batches], ignore_index=True),
+        # Concatenating only empty frames would lose their columns' dtypes.
         rejected=pd.concat(rejected, ignore_index=True)
         if any(len(r) for r in rejected)
         else rejected[0],
+        series_counts=counts,
     )
 
 
@@ -230,8 +245,7 @@ def score_series_files(
     if context_path is not None and Path(context_path).exists():
         context = read_table(context_path)
         logger.info("continuing from %d context points in %s", len(context), context_path)
-    scored, rejected = [], []
-    counts: dict[str, int] = {}
+    batches = []
     for path in list_series_files(data):
         frame = read_series_file(path)
         batch = score_frame(
@@ -240,25 +254,11 @@ def score_series_files(
         context = update_context(
             context, detector.next_context(frame, context), detector.series_policy_
         )
-        scored.append(batch.scored)
-        rejected.append(batch.rejected)
-        counts = {k: counts.get(k, 0) + v for k, v in batch.series_counts.items()}
-        logger.info(
-            "%s: %d scored, %d rejected, %d flagged",
-            path,
-            batch.n_scored,
-            batch.n_rejected,
-            batch.n_flagged,
-        )
+        _log_file(path, batch)
+        batches.append(batch)
     if context_path is not None and context is not None:
         write_parquet_atomic(context, context_path)
-    return ScoredBatch(
-        scored=pd.concat(scored, ignore_index=True),
-        rejected=pd.concat(rejected, ignore_index=True)
-        if any(len(r) for r in rejected)
-        else rejected[0],
-        series_counts=counts,
-    )
+    return _combine(batches)
 
 
 def rejects_path_for(output: str | os.PathLike[str]) -> Path:
