@@ -50,6 +50,10 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# Exit status of a scoring run that quarantined some input files (2 is a run that failed).
+PARTIAL_FAILURE_EXIT = 3
+
+
 def _fail(exc: Exception, verbose: bool) -> NoReturn:
     """Report an error as a message, not a traceback (unless --verbose), and exit with 2."""
     if verbose:
@@ -221,7 +225,12 @@ def score(
     tracking_config: TrackingOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Score new rows with a registered model; write scored and rejected rows; log the batch to MLflow."""
+    """Score new rows with a registered model; write scored and rejected rows; log the batch to MLflow.
+
+    Files that cannot be scored (not Parquet, truncated, a column missing) are listed in
+    OUTPUT's .quarantine.parquet with the reason while the others are scored; the command
+    then exits with status 3.
+    """
     from anomaly.pipeline import score as run_score
     from anomaly.tracking import TrackingConfig
 
@@ -252,12 +261,23 @@ def score(
                 "rows in": result.rows_in,
                 "rows scored": result.rows_scored,
                 "rows rejected": result.rows_rejected,
+                "rows in quarantined files": result.rows_quarantined,
                 "anomalies flagged": result.rows_flagged,
                 "output": result.output,
                 "rejects": result.rejects,
+                "quarantine": result.quarantine,
             },
         )
     )
+    if result.partial:
+        for file, reason in result.quarantined:
+            console.print(f"[bold yellow]quarantined:[/] {file}: {reason}", highlight=False)
+        console.print(
+            f"[bold yellow]partial failure:[/] {len(result.quarantined)} file(s) not scored; "
+            "the other files' outputs are complete",
+            highlight=False,
+        )
+        raise typer.Exit(PARTIAL_FAILURE_EXIT)
 
 
 def _gate_line(gate: GateResult | None) -> str:

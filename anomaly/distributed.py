@@ -26,15 +26,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from distributed import WorkerPlugin
 
+from anomaly.errors import DataFileError
+from anomaly.quarantine import quarantine_path_for
 from anomaly.streaming import (
     DEFAULT_BATCH_ROWS,
     READ_OPTIONS,
     ParquetSource,
     ScoredWriter,
     StreamResult,
+    finish_quarantine,
     output_schemas,
     plan_sources,
     progress_bar,
+    run_with_quarantine,
     score_record_batch,
 )
 
@@ -145,19 +149,29 @@ def score_partition(
 ) -> tuple[pa.Table, pa.Table]:
     """Score one partition on a worker: ``(scored, rejected)`` tables, in row order."""
     detector = worker_detector(key)
-    parquet = pq.ParquetFile(partition.path, **READ_OPTIONS)
     scored, rejected = [], []
     row = partition.first_row
-    batches = (
-        parquet.iter_batches(batch_size=batch_rows, row_groups=list(partition.row_groups))
-        if partition.row_groups
-        else iter(())
-    )
-    for batch in batches:
-        s, r = score_record_batch(detector, batch, partition.source, row, model_name, model_version)
-        scored.append(s)
-        rejected.append(r)
-        row += batch.num_rows
+    try:
+        parquet = pq.ParquetFile(partition.path, **READ_OPTIONS)
+        batches = (
+            parquet.iter_batches(batch_size=batch_rows, row_groups=list(partition.row_groups))
+            if partition.row_groups
+            else iter(())
+        )
+        for batch in batches:
+            s, r = score_record_batch(
+                detector, batch, partition.source, row, model_name, model_version
+            )
+            scored.append(s)
+            rejected.append(r)
+            row += batch.num_rows
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        if isinstance(exc, DataFileError):
+            raise
+        # Named, with the file, so the run sets this file aside instead of failing.
+        raise DataFileError(
+            f"{partition.source}: cannot read as Parquet ({exc})", source=partition.source
+        ) from exc
     if not scored:  # row groups without rows
         s, r = score_record_batch(
             detector,
@@ -199,18 +213,17 @@ def score_parquet_dask(
     partition_rows: int = DEFAULT_PARTITION_ROWS,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: bool | None = None,
+    quarantine: str | os.PathLike[str] | None = None,
 ) -> StreamResult:
     """Score every Parquet file of ``data`` on Dask workers into two Parquet files.
 
-    Same outputs as :func:`anomaly.streaming.score_parquet`. Uses ``client`` if given, else
-    connects to the scheduler at ``address``, else starts a local cluster for the run. Results
-    come back in a window of a few partitions per worker, so memory here stays bounded.
+    Same outputs as :func:`anomaly.streaming.score_parquet`, quarantine included. Uses
+    ``client`` if given, else connects to the scheduler at ``address``, else starts a local
+    cluster for the run. Results come back in a window of a few partitions per worker, so
+    memory here stays bounded.
     """
     detector._check_fitted()
-    sources = plan_sources(detector, data)
-    scored_schema, rejects_schema = output_schemas(detector, sources)
-    partitions = plan_partitions(sources, partition_rows)
-    total = sum(s.num_rows for s in sources)
+    sources, quarantined = plan_sources(detector, data)
     key, files = model_payload(detector)
     owned = client is None
     client = client if client is not None else connect(address)
@@ -218,30 +231,24 @@ def score_parquet_dask(
     try:
         client.register_plugin(plugin)
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        with (
-            ScoredWriter(Path(output), Path(rejects), scored_schema, rejects_schema, total) as sink,
-            progress_bar(progress, "scoring on dask") as bar,
-        ):
-            task = bar.add_task("score", total=total)
-            # Two partitions per worker in flight: workers stay busy while results are written
-            # here in input order, and at most that many results are held in memory.
-            pending: deque[tuple[Partition, Any]] = deque()
-            for partition in partitions:
-                future = client.submit(
-                    score_partition,
-                    key,
-                    partition,
-                    model_name,
-                    model_version,
-                    batch_rows,
-                    pure=False,
-                )
-                pending.append((partition, future))
-                if len(pending) >= 2 * n_workers:
-                    _write_next(pending, sink, bar, task)
-            while pending:
-                _write_next(pending, sink, bar, task)
-            result = sink.commit()
+
+        def run(remaining: list[ParquetSource]) -> StreamResult:
+            return _score_on_cluster(
+                client,
+                key,
+                remaining,
+                detector,
+                output,
+                rejects,
+                model_name,
+                model_version,
+                n_workers,
+                partition_rows,
+                batch_rows,
+                progress,
+            )
+
+        result = run_with_quarantine(run, sources, quarantined)
     finally:
         if owned:
             cluster = client.cluster
@@ -259,7 +266,55 @@ def score_parquet_dask(
         result.n_rejected,
         result.n_flagged,
     )
-    return result
+    return finish_quarantine(result, quarantined, quarantine or quarantine_path_for(output))
+
+
+def _score_on_cluster(
+    client: Client,
+    key: str,
+    sources: list[ParquetSource],
+    detector: AutoencoderDetector,
+    output: str | os.PathLike[str],
+    rejects: str | os.PathLike[str],
+    model_name: str,
+    model_version: str,
+    n_workers: int,
+    partition_rows: int,
+    batch_rows: int,
+    progress: bool | None,
+) -> StreamResult:
+    scored_schema, rejects_schema = output_schemas(detector, sources)
+    partitions = plan_partitions(sources, partition_rows)
+    total = sum(s.num_rows for s in sources)
+    with (
+        ScoredWriter(Path(output), Path(rejects), scored_schema, rejects_schema, total) as sink,
+        progress_bar(progress, "scoring on dask") as bar,
+    ):
+        task = bar.add_task("score", total=total)
+        # Two partitions per worker in flight: workers stay busy while results are written
+        # here in input order, and at most that many results are held in memory.
+        pending: deque[tuple[Partition, Any]] = deque()
+        try:
+            for partition in partitions:
+                future = client.submit(
+                    score_partition,
+                    key,
+                    partition,
+                    model_name,
+                    model_version,
+                    batch_rows,
+                    pure=False,
+                )
+                pending.append((partition, future))
+                if len(pending) >= 2 * n_workers:
+                    _write_next(pending, sink, bar, task)
+            while pending:
+                _write_next(pending, sink, bar, task)
+        finally:
+            # A failed attempt (one file's bad data) must not leave work running on the cluster.
+            for _, future in pending:
+                future.cancel()
+        return sink.commit()
 
 
 def _write_next(

@@ -35,7 +35,23 @@ class InvalidRowsError(AnomalyError, ValueError):
 
 
 class DataFileError(AnomalyError, OSError):
-    """An input file is missing, unreadable or not what its name says."""
+    """An input file is missing, unreadable or not what its name says.
+
+    ``source`` names the file when the error concerns one file of several, so a run over many
+    files can set that one aside and go on.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None):
+        self.source = source
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # OSError pickles its args only; keep ``source`` across Prefect's and Dask's pickling.
+        return (_data_file_error, (str(self), self.source))
+
+
+def _data_file_error(message: str, source: str | None) -> DataFileError:
+    return DataFileError(message, source=source)
 
 
 class ModelFileError(AnomalyError, OSError):

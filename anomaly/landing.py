@@ -10,7 +10,9 @@ duplicated.
 
 A file is identified by its path inside the landing folder and the SHA-256 of its content: the same
 name arriving again with new content is a new batch. Files still being copied in are skipped until
-they are ``min_age_seconds`` old.
+they are ``min_age_seconds`` old. A file that cannot be scored (not Parquet, truncated, a column
+missing) is recorded in the ledger as quarantined, with the reason, and left in place: later runs
+skip it until a corrected file (new content) arrives.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from anomaly.data.parquet import file_sha256, list_parquet_files
 from anomaly.errors import DataFileError
 from anomaly.monitoring import AlertSettings, BatchReport, monitor_batch
 from anomaly.pipeline import score_files, write_outputs
+from anomaly.quarantine import QuarantinedFile
 from anomaly.tracking import LoadedModel, TrackingConfig, log_scoring_run
 
 logger = logging.getLogger(__name__)
@@ -153,10 +156,14 @@ class FileResult:
     rejects: str
     rows_in: int
     run_id: str
-    report: BatchReport
+    report: BatchReport | None
+    # Why the file was set aside unscored (not Parquet, a column missing ...); None when scored.
+    quarantined: str | None = None
 
     def summary(self) -> dict[str, Any]:
         r = self.report
+        if r is None:
+            return {"file": self.file, "rows_in": self.rows_in, "quarantined": self.quarantined}
         return {
             "file": self.file,
             "rows_in": self.rows_in,
@@ -185,6 +192,8 @@ def score_landing_file(
     ledger = Ledger(output_dir)
     out, rej = output_paths(output_dir, file)
     batch = score_files(model, str(file.path))
+    if batch.quarantined:
+        return _quarantine(ledger, model, file, batch.quarantined[0])
     write_outputs(batch, out, rej)
     thr = model.detector.thresholder_
     report = monitor_batch(
@@ -225,6 +234,24 @@ def score_landing_file(
     if report.alert:
         logger.warning("%s: ALERT %s", file.name, "; ".join(report.alerts))
     return FileResult(file.name, str(out), str(rej), batch.n_rows, run_id, report)
+
+
+def _quarantine(
+    ledger: Ledger, model: LoadedModel, file: LandingFile, entry: QuarantinedFile
+) -> FileResult:
+    """Record a file that cannot be scored, so later runs skip it until its content changes."""
+    ledger.record(
+        file,
+        {
+            "status": "quarantined",
+            "reason": entry.reason,
+            "error": entry.error,
+            "model_uri": model.model_uri,
+            "rows_in": entry.rows,
+            "scored_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    return FileResult(file.name, "", "", entry.rows or 0, "", None, quarantined=entry.reason)
 
 
 def result_dict(result: FileResult) -> dict[str, Any]:

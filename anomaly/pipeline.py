@@ -13,11 +13,14 @@ import pandas as pd
 from anomaly.config import TrainSettings
 from anomaly.data.images import ImageBatch, probe_image_size, read_images, write_png_atomic
 from anomaly.data.parquet import list_parquet_files, read_table, write_parquet_atomic
+from anomaly.data.schema import OUTPUT_COLUMNS
 from anomaly.data.series import list_series_files, read_series, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
+from anomaly.errors import DataFileError, SchemaError
 from anomaly.image_detector import IMAGE_MODELS
 from anomaly.monitoring import GateResult
 from anomaly.plots import heatmap_rgb
+from anomaly.quarantine import QuarantinedFile, quarantine_path_for, write_quarantine
 from anomaly.scoring import BatchSummary, ScoredBatch, score_frame, score_images
 from anomaly.streaming import StreamResult, score_parquet
 from anomaly.tracking import (
@@ -143,8 +146,9 @@ def score_files_to(
 
     Streams record batches in this process, or, with ``dask`` or a ``dask_address``, spreads
     row groups over a Dask cluster (a local one unless an address is given). Either way the
-    same rows and scores land in ``output`` and ``rejects`` (default beside ``output``).
-    A time-series model carries points across rows and files, so its data is scored in order
+    same rows and scores land in ``output`` and ``rejects`` (default beside ``output``), and
+    files that cannot be scored at all are listed with the reason in
+    :func:`~anomaly.quarantine.quarantine_path_for` the output. A time-series model carries points across rows and files, so its data is scored in order
     in memory (:func:`score_series_files`, continuing from ``context_path``) and then written.
     So is an image batch (decoded images are the unit, not Parquet record batches); with
     ``heatmaps`` its flagged images' error maps are written as PNG beside the output.
@@ -153,7 +157,8 @@ def score_files_to(
     if model.detector.window is not None or model.detector.model in IMAGE_MODELS:
         batch = score_files(model, data, context_path)
         out, rej = write_outputs(batch, output, rejects_path, heatmaps=heatmaps)
-        return StreamResult.of_batch(batch, out, rej)
+        quarantine = write_quarantine(batch.quarantined, quarantine_path_for(output))
+        return StreamResult.of_batch(batch, out, rej, quarantine)
     args = (model.detector, data, output, rejects_path, model.name, model.version)
     if dask or dask_address:
         from anomaly.distributed import score_parquet_dask
@@ -167,7 +172,9 @@ def score_files(
 ) -> ScoredBatch:
     """Score every Parquet file of ``data`` (file, directory or glob) file by file.
 
-    Rejected rows carry the file they came from; a schema problem names the file. For a
+    Rejected rows carry the file they came from. A file that cannot be read, or lacks a column
+    the model needs, is quarantined (``ScoredBatch.quarantined``, with the reason) and the
+    other files are scored. For a
     time-series model see :func:`score_series_files`. For an image model ``data`` is an image
     folder, image file, Parquet files with an image-bytes column, or a glob. For data larger than
     memory use
@@ -194,14 +201,19 @@ def score_files(
             batch.n_flagged,
         )
         return batch
-    batches = []
+    batches, quarantined = [], []
     for path in list_parquet_files(data):
-        batch = score_frame(
-            model.detector, read_table(path), model.name, model.version, source=str(path)
-        )
+        frame = None
+        try:
+            frame = read_table(path)
+            batch = score_frame(model.detector, frame, model.name, model.version, source=str(path))
+        except (DataFileError, SchemaError) as exc:
+            rows = None if frame is None else len(frame)
+            quarantined.append(QuarantinedFile.of(path, exc, rows))
+            continue
         _log_file(path, batch)
         batches.append(batch)
-    return _combine(batches)
+    return _combine(batches, quarantined, model.detector)
 
 
 def _log_file(path: Path, batch: ScoredBatch) -> None:
@@ -214,8 +226,19 @@ def _log_file(path: Path, batch: ScoredBatch) -> None:
     )
 
 
-def _combine(batches: list[ScoredBatch]) -> ScoredBatch:
+def _combine(
+    batches: list[ScoredBatch],
+    quarantined: list[QuarantinedFile],
+    detector: AutoencoderDetector,
+) -> ScoredBatch:
     """One batch from per-file batches: rows concatenated in file order, series counts summed."""
+    if not batches:  # every file quarantined
+        keys = list(detector.schema_.keys)
+        return ScoredBatch(
+            scored=pd.DataFrame(columns=[*keys, *OUTPUT_COLUMNS]),
+            rejected=pd.DataFrame(columns=["reason", "source_row", "source_file"]),
+            quarantined=tuple(quarantined),
+        )
     rejected = [b.rejected for b in batches]
     counts: dict[str, int] = {}
     for batch in batches:
@@ -228,6 +251,7 @@ def _combine(batches: list[ScoredBatch]) -> ScoredBatch:
         if any(len(r) for r in rejected)
         else rejected[0],
         series_counts=counts,
+        quarantined=tuple(quarantined),
     )
 
 
@@ -245,12 +269,19 @@ def score_series_files(
     if context_path is not None and Path(context_path).exists():
         context = read_table(context_path)
         logger.info("continuing from %d context points in %s", len(context), context_path)
-    batches = []
+    batches, quarantined = [], []
     for path in list_series_files(data):
-        frame = read_series_file(path)
-        batch = score_frame(
-            detector, frame, model.name, model.version, source=str(path), context=context
-        )
+        frame = None
+        try:
+            frame = read_series_file(path)
+            batch = score_frame(
+                detector, frame, model.name, model.version, source=str(path), context=context
+            )
+        except (DataFileError, SchemaError) as exc:
+            # The next file continues from the last good one's points.
+            rows = None if frame is None else len(frame)
+            quarantined.append(QuarantinedFile.of(path, exc, rows))
+            continue
         context = update_context(
             context, detector.next_context(frame, context), detector.series_policy_
         )
@@ -258,7 +289,7 @@ def score_series_files(
         batches.append(batch)
     if context_path is not None and context is not None:
         write_parquet_atomic(context, context_path)
-    return _combine(batches)
+    return _combine(batches, quarantined, detector)
 
 
 def rejects_path_for(output: str | os.PathLike[str]) -> Path:
@@ -336,6 +367,15 @@ class ScoreResult:
     output: str
     rejects: str
     run_id: str
+    # Files set aside whole, ``(file, reason)``; their rows (where known) are in rows_quarantined.
+    quarantined: tuple[tuple[str, str], ...] = ()
+    rows_quarantined: int = 0
+    quarantine: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Some input files were quarantined."""
+        return bool(self.quarantined)
 
     @classmethod
     def of(
@@ -345,18 +385,22 @@ class ScoreResult:
         output: str | os.PathLike[str],
         rejects: str | os.PathLike[str],
         run_id: str,
+        quarantine: str | os.PathLike[str] | None = None,
     ) -> ScoreResult:
         return cls(
             model_name=model.name,
             model_version=model.version,
             threshold=model.detector.threshold_,
-            rows_in=batch.n_rows,
+            rows_in=batch.n_rows + batch.n_quarantined_rows,
             rows_scored=batch.n_scored,
             rows_rejected=batch.n_rejected,
             rows_flagged=batch.n_flagged,
             output=str(output),
             rejects=str(rejects),
             run_id=run_id,
+            quarantined=tuple((f.source_file, f.reason) for f in batch.quarantined),
+            rows_quarantined=batch.n_quarantined_rows,
+            quarantine=None if quarantine is None else str(quarantine),
         )
 
 
@@ -392,4 +436,4 @@ def score(
     )
     out, rej = result.output, result.rejects
     run_id = log_scoring_run(result, model, data, str(out), str(rej), tracking)
-    return ScoreResult.of(result, model, out, rej, run_id)
+    return ScoreResult.of(result, model, out, rej, run_id, result.quarantine)

@@ -12,6 +12,7 @@ import torch
 
 from anomaly.data.schema import REJECT_COLUMNS, invalid_rows
 from anomaly.errors import SchemaError
+from anomaly.quarantine import QuarantinedFile
 
 if TYPE_CHECKING:
     from anomaly.data.images import ImageBatch
@@ -264,6 +265,13 @@ class ScoredBatch:
     # Time series only: rows or points each duplicate/gap/context decision touched.
     series_counts: dict[str, int] = field(default_factory=dict)
     images: ImageReview | None = None
+    # Input files set aside whole (not Parquet, a column missing ...), each with its reason.
+    quarantined: tuple[QuarantinedFile, ...] = ()
+
+    @property
+    def n_quarantined_rows(self) -> int:
+        """Rows in quarantined files whose row count could be read."""
+        return sum(f.rows or 0 for f in self.quarantined)
 
     @property
     def n_scored(self) -> int:
@@ -311,6 +319,10 @@ class BatchSummary(Protocol):
     def scores(self) -> np.ndarray: ...
     @property
     def series_counts(self) -> dict[str, int]: ...
+    @property
+    def quarantined(self) -> tuple[QuarantinedFile, ...]: ...
+    @property
+    def n_quarantined_rows(self) -> int: ...
 
 
 def score_frame(
@@ -403,4 +415,9 @@ def score_images(
         flagged_rows=flagged,
         flagged_error_maps=detector.error_maps(batch.images[flagged]),
     )
-    return ScoredBatch(scored=scored, rejected=batch.rejected.copy(), images=review)
+    return ScoredBatch(
+        scored=scored,
+        rejected=batch.rejected.copy(),
+        images=review,
+        quarantined=batch.quarantined,
+    )

@@ -18,9 +18,9 @@ import os
 import sys
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,7 +34,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from anomaly.data.parquet import list_parquet_files
 from anomaly.data.schema import _NUMERIC_DTYPE_NAMES, ColumnSpec
-from anomaly.errors import DataFileError
+from anomaly.errors import AnomalyError, DataFileError
+from anomaly.quarantine import (
+    QuarantinedFile,
+    failed_source,
+    quarantine_path_for,
+    write_quarantine,
+)
 from anomaly.scoring import ScoredBatch, check_reject_columns, score_row_arrays
 
 if TYPE_CHECKING:
@@ -80,23 +86,41 @@ def _input_schema(schema: pa.Schema) -> pa.Schema:
 
 def plan_sources(
     detector: AutoencoderDetector, data: str | os.PathLike[str]
-) -> list[ParquetSource]:
+) -> tuple[list[ParquetSource], list[QuarantinedFile]]:
     """Open every Parquet file of ``data`` (file, directory or glob) and check it can be scored.
 
-    Reads footers only. A missing key or feature column, or an input column the outputs would
-    overwrite, is refused here, before any output is written, with the file named.
+    Reads footers only. A file that cannot be read as Parquet, lacks a key or feature column,
+    has one of the wrong type, has an input column the outputs would overwrite, or has column
+    types that do not fit the earlier files', is set aside with its reason, before any output
+    is written; the others are returned to be scored.
+
+    Raises
+    ------
+    DataFileError
+        If ``data`` names no Parquet file at all.
     """
-    sources = []
+    sources: list[ParquetSource] = []
+    quarantined: list[QuarantinedFile] = []
+    unified: pa.Schema | None = None
     for path in list_parquet_files(data):
+        rows = None
         try:
-            meta = pq.ParquetFile(path).metadata
-            schema = _input_schema(meta.schema.to_arrow_schema())
-        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-            raise DataFileError(f"{path}: cannot read as Parquet ({exc})") from exc
-        # Column presence (and, for typed columns, compatibility) on an empty frame; the
-        # all-null allowance is checked again on every batch, where it depends on the values.
-        detector.schema_.validate(schema.empty_table().to_pandas(), source=str(path))
-        check_reject_columns(schema.names, str(path))
+            try:
+                meta = pq.ParquetFile(path).metadata
+                schema = _input_schema(meta.schema.to_arrow_schema())
+            except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+                raise DataFileError(
+                    f"{path}: cannot read as Parquet ({exc})", source=str(path)
+                ) from exc
+            rows = meta.num_rows
+            # Column presence (and, for typed columns, compatibility) on an empty frame; the
+            # all-null allowance is checked again on every batch, where it depends on the values.
+            detector.schema_.validate(schema.empty_table().to_pandas(), source=str(path))
+            check_reject_columns(schema.names, str(path))
+            unified = _unify(unified, schema, path)
+        except AnomalyError as exc:
+            quarantined.append(QuarantinedFile.of(path, exc, rows))
+            continue
         sources.append(
             ParquetSource(
                 path=path,
@@ -107,7 +131,19 @@ def plan_sources(
                 ),
             )
         )
-    return sources
+    return sources, quarantined
+
+
+def _unify(unified: pa.Schema | None, schema: pa.Schema, path: Path) -> pa.Schema:
+    """The rejects file holds every input column, so each file's types must fit the earlier ones'."""
+    if unified is None:
+        return schema
+    try:
+        return pa.unify_schemas([unified, schema], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataFileError(
+            f"{path}: column types do not fit the earlier files' ({exc})", source=str(path)
+        ) from exc
 
 
 def _type_fits(spec: ColumnSpec, arrow_type: pa.DataType) -> bool:
@@ -132,8 +168,13 @@ def output_schemas(
     input column (the files' schemas unified; a column missing from a file is null there), then
     ``reason``, ``source_row``, ``source_file``.
     """
-    first = sources[0].schema
-    keys = [first.field(k) for k in detector.schema_.keys]
+    # With every file quarantined there are no key types to copy: the (empty) key columns
+    # are typed null.
+    first = sources[0].schema if sources else None
+    keys = [
+        first.field(k) if first is not None else pa.field(k, pa.null())
+        for k in detector.schema_.keys
+    ]
     scored = pa.schema(
         [
             *keys,
@@ -149,12 +190,12 @@ def output_schemas(
             pa.field("source_file", pa.string()),
         ]
     )
-    try:
-        inputs = pa.unify_schemas([s.schema for s in sources], promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise DataFileError(
-            f"{sources[0].path} and later files have column types that do not unify ({exc})"
-        ) from exc
+    # plan_sources has already set aside files whose types do not unify.
+    inputs = (
+        pa.unify_schemas([s.schema for s in sources], promote_options="permissive")
+        if sources
+        else pa.schema([])
+    )
     rejects = pa.schema(
         [
             *inputs,
@@ -253,7 +294,8 @@ def conform(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
         return pa.Table.from_arrays(columns, names=schema.names).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise DataFileError(
-            f"{source}: columns do not match the earlier files' types {schema} ({exc})"
+            f"{source}: columns do not match the earlier files' types {schema} ({exc})",
+            source=source,
         ) from exc
 
 
@@ -339,13 +381,23 @@ class StreamResult:
     series_counts: dict[str, int] = field(default_factory=dict)
     # Image batches only: the top-scoring images for the scoring run's review plot.
     images: ImageReview | None = None
+    # Input files set aside whole, and the file listing them (written even when empty).
+    quarantined: tuple[QuarantinedFile, ...] = ()
+    quarantine: Path | None = None
 
     @property
     def anomaly_rate(self) -> float:
         return self.n_flagged / self.n_scored if self.n_scored else 0.0
 
+    @property
+    def n_quarantined_rows(self) -> int:
+        """Rows in quarantined files whose row count could be read."""
+        return sum(f.rows or 0 for f in self.quarantined)
+
     @classmethod
-    def of_batch(cls, batch: ScoredBatch, output: Path, rejects: Path) -> StreamResult:
+    def of_batch(
+        cls, batch: ScoredBatch, output: Path, rejects: Path, quarantine: Path | None = None
+    ) -> StreamResult:
         """The same summary for a batch scored in memory and written whole."""
         return cls(
             n_rows=batch.n_rows,
@@ -357,6 +409,8 @@ class StreamResult:
             rejects=rejects,
             series_counts=dict(batch.series_counts),
             images=batch.images,
+            quarantined=batch.quarantined,
+            quarantine=quarantine,
         )
 
 
@@ -450,7 +504,9 @@ def iter_source_batches(
                 yield source, first_row, batch
                 first_row += batch.num_rows
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-            raise DataFileError(f"{source.path}: cannot read as Parquet ({exc})") from exc
+            raise DataFileError(
+                f"{source.path}: cannot read as Parquet ({exc})", source=str(source.path)
+            ) from exc
 
 
 def progress_bar(enabled: bool | None, description: str = "scoring") -> Progress:
@@ -475,39 +531,80 @@ def score_parquet(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: bool | None = None,
     torch_threads: int | None = None,
+    quarantine: str | os.PathLike[str] | None = None,
 ) -> StreamResult:
     """Score every Parquet file of ``data`` (file, directory or glob) into two Parquet files.
 
     Memory stays bounded by a few record batches of ``batch_rows`` rows whatever the input
     size. Every input row ends up in exactly one of ``output`` (scored) and ``rejects`` (with a
     ``reason``), with its file and position as ``source_file`` / ``source_row``; both files
-    appear only when the whole input has been scored.
+    appear only when the whole input has been scored. A file that cannot be scored (not
+    Parquet, truncated, a column missing or of the wrong type) is quarantined: listed with its
+    reason in ``quarantine`` (default :func:`~anomaly.quarantine.quarantine_path_for` the
+    output) while the other files are scored.
 
     Raises
     ------
-    SchemaError
-        A file lacks a key or feature column, or has one of the wrong type (file and column named).
     DataFileError
-        A file cannot be read, or its columns do not fit the earlier files'.
+        ``data`` names no Parquet file.
     """
     detector._check_fitted()
-    sources = plan_sources(detector, data)
-    scored_schema, rejects_schema = output_schemas(detector, sources)
-    total = sum(s.num_rows for s in sources)
-    with _torch_threads(torch_threads, detector.device_):
+    sources, quarantined = plan_sources(detector, data)
+
+    def run(remaining: list[ParquetSource]) -> StreamResult:
+        scored_schema, rejects_schema = output_schemas(detector, remaining)
         return _score_sources(
             detector,
-            sources,
+            remaining,
             Path(output),
             Path(rejects),
             scored_schema,
             rejects_schema,
-            total,
+            sum(s.num_rows for s in remaining),
             model_name,
             model_version,
             batch_rows,
             progress,
         )
+
+    with _torch_threads(torch_threads, detector.device_):
+        result = run_with_quarantine(run, sources, quarantined)
+    return finish_quarantine(result, quarantined, quarantine or quarantine_path_for(output))
+
+
+def run_with_quarantine(
+    run: Callable[[list[ParquetSource]], StreamResult],
+    sources: list[ParquetSource],
+    quarantined: list[QuarantinedFile],
+) -> StreamResult:
+    """``run(sources)``; when it fails part way on one file's bad data, set that file aside and run
+    again over the others.
+
+    A failed attempt leaves no output (its temporary files are removed), so the files written
+    hold whole files only. Such failures (a corrupt row group, a value of the wrong type deep in
+    a file) are rare, so redoing the work is cheaper than staging every file's output apart.
+    """
+    remaining = list(sources)
+    while True:
+        try:
+            return run(remaining)
+        except AnomalyError as exc:
+            name = failed_source(exc)
+            bad = next((s for s in remaining if str(s.path) == name), None)
+            if bad is None:
+                raise
+            quarantined.append(QuarantinedFile.of(bad.path, exc, bad.num_rows))
+            remaining.remove(bad)
+            logger.warning("scoring the other %d file(s) again without %s", len(remaining), name)
+
+
+def finish_quarantine(
+    result: StreamResult, quarantined: list[QuarantinedFile], path: str | os.PathLike[str]
+) -> StreamResult:
+    """Write the quarantine list beside the outputs and attach it to ``result``."""
+    return replace(
+        result, quarantined=tuple(quarantined), quarantine=write_quarantine(quarantined, path)
+    )
 
 
 @contextlib.contextmanager

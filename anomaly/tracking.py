@@ -9,7 +9,7 @@ import logging
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -555,6 +555,8 @@ def log_scoring_run(
         tags[_KEY_TAG] = _hash_key(idempotency_key)
     if report is not None:
         tags["anomaly.alert"] = "; ".join(report.alerts) or "none"
+    # Findable in the UI's search: tags.`anomaly.status` = "partial_failure".
+    tags["anomaly.status"] = "partial_failure" if batch.quarantined else "complete"
     with mlflow.start_run(run_name=run_name, tags=tags) as run:
         mlflow.log_params(
             {
@@ -568,10 +570,13 @@ def log_scoring_run(
         )
         scores = batch.scores
         metrics = {
-            "rows_in": batch.n_rows,
+            "rows_in": batch.n_rows + batch.n_quarantined_rows,
             "rows_scored": batch.n_scored,
             "rows_rejected": batch.n_rejected,
             "rows_flagged": batch.n_flagged,
+            # Rows in = scored + rejected + rows of quarantined files (where their count is known).
+            "rows_quarantined": batch.n_quarantined_rows,
+            "files_quarantined": len(batch.quarantined),
             "anomaly_rate": batch.anomaly_rate,
             "threshold": model.detector.threshold_,
             **{f"series_{k}": v for k, v in batch.series_counts.items()},
@@ -584,6 +589,10 @@ def log_scoring_run(
         if report is not None:
             metrics |= report.metrics()
         mlflow.log_metrics(metrics)
+        if batch.quarantined:
+            mlflow.log_dict(
+                {"files": [asdict(f) for f in batch.quarantined]}, "quarantined_files.json"
+            )
         thr = model.detector.thresholder_
         _log_figure(
             plots.score_histogram(

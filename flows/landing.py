@@ -20,7 +20,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from anomaly.landing import FileResult, LandingFile, Ledger, pending_files, score_landing_file
 from anomaly.monitoring import AlertSettings
 from anomaly.tracking import LoadedModel, TrackingConfig
-from flows import retry_unless_bad_input
+from flows import PARTIAL_FAILURE_STATE, retry_unless_bad_input
 from flows.score import load_model
 
 ALERT_STATE = "AnomalyAlert"
@@ -34,6 +34,7 @@ class LandingRun:
     model_uri: str
     scored: list[dict[str, Any]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
 
 
@@ -88,7 +89,9 @@ def landing_flow(
     """Score every Parquet file in ``landing`` not yet in the ledger of ``output_dir``.
 
     Uses ``model_uri`` (default ``models:/NAME@champion``). A file that fails is left out of the
-    ledger for the next run while the others go on; the run then ends Failed naming it. A batch
+    ledger for the next run while the others go on; the run then ends Failed naming it. A file
+    that cannot be scored at all (not Parquet, a column missing) is quarantined in the ledger
+    and the run ends in a Failed state named ``PartialFailure``. A batch
     whose anomaly rate or score drift raises an alert ends the run in a Completed state named
     ``AnomalyAlert``, emits the event ``anomaly.batch.alert`` and, when ``notification_block``
     names a saved Prefect notification block (``slack-webhook/ops``, ``custom-webhook/pager``),
@@ -105,6 +108,9 @@ def landing_flow(
             run.failed.append(f"{file.name}: {state.message}")
             continue
         result: FileResult = state.result()
+        if result.quarantined is not None or result.report is None:
+            run.quarantined.append(f"{file.name}: {result.quarantined}")
+            continue
         run.scored.append(result.summary())
         run.alerts += [f"{file.name}: {reason}" for reason in result.report.alerts]
         if result.report.alert:
@@ -117,13 +123,19 @@ def landing_flow(
                 payload={"file": file.name, **result.summary(), "mlflow_run_id": result.run_id},
             )
 
+    table = run.scored + [{"file": f"QUARANTINED {q}"} for q in run.quarantined]
     create_table_artifact(
         key="anomaly-landing-summary",
-        table=run.scored or [{"file": "(no new files)"}],
+        table=table or [{"file": "(no new files)"}],
         description=f"Landing folder `{landing}` scored with `{model.model_uri}` into `{output_dir}`"
         + (f"; failed: {run.failed}" if run.failed else ""),
     )
-    logger.info("%d new file(s) scored, %d failed", len(run.scored), len(run.failed))
+    logger.info(
+        "%d new file(s) scored, %d quarantined, %d failed",
+        len(run.scored),
+        len(run.quarantined),
+        len(run.failed),
+    )
     if run.alerts and notification_block:
         notify(
             notification_block,
@@ -131,7 +143,13 @@ def landing_flow(
             "\n".join(run.alerts),
         )
     if run.failed:
-        return Failed(message="; ".join(run.failed + run.alerts), data=run)
+        return Failed(message="; ".join(run.failed + run.quarantined + run.alerts), data=run)
+    if run.quarantined:
+        return Failed(
+            name=PARTIAL_FAILURE_STATE,
+            message="quarantined: " + "; ".join(run.quarantined + run.alerts),
+            data=run,
+        )
     if run.alerts:
         return Completed(name=ALERT_STATE, message="; ".join(run.alerts), data=run)
     return run

@@ -5,12 +5,13 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
 from anomaly.pipeline import ScoreResult, check_output_path, context_path_for, score_files_to
 from anomaly.scoring import BatchSummary
 from anomaly.streaming import StreamResult
 from anomaly.tracking import LoadedModel, TrackingConfig, load_registered_detector, log_scoring_run
-from flows import retry_unless_bad_input
+from flows import PARTIAL_FAILURE_STATE, retry_unless_bad_input
 
 
 @task(
@@ -78,8 +79,12 @@ def score_flow(
     dask: bool = False,
     dask_address: str | None = None,
     heatmaps: bool = False,
-) -> ScoreResult:
+) -> ScoreResult | State[ScoreResult]:
     """Score every Parquet file under ``data`` with ``model_uri`` (default: ``models:/NAME@champion``).
+
+    A file that cannot be scored (not Parquet, truncated, a column missing or of the wrong type)
+    is quarantined: listed with its reason beside the output while the other files are scored.
+    The run then ends in a Failed state named ``PartialFailure`` whose data is the result.
 
     ``context``: for a time-series model, the file that carries the last points of each series
     from one run to the next (default: beside ``output``). ``dask`` spreads the work over a
@@ -94,22 +99,35 @@ def score_flow(
     batch = score_data(model, data, output, rejects, dask, dask_address, context, heatmaps)
     out, rej = str(batch.output), str(batch.rejects)
     run_id = log_batch(batch, model, data, out, rej, tracking)
-    result = ScoreResult.of(batch, model, out, rej, run_id)
+    result = ScoreResult.of(batch, model, out, rej, run_id, batch.quarantine)
+    rows = [
+        {"item": "model", "value": f"{model.name} v{model.version}"},
+        {"item": "threshold", "value": f"{result.threshold:.6g}"},
+        {"item": "rows in", "value": result.rows_in},
+        {"item": "rows scored", "value": result.rows_scored},
+        {"item": "rows rejected", "value": result.rows_rejected},
+        {"item": "rows in quarantined files", "value": result.rows_quarantined},
+        {
+            "item": "anomalies flagged",
+            "value": f"{result.rows_flagged} ({batch.anomaly_rate:.1%})",
+        },
+        {"item": "output", "value": out},
+        {"item": "rejects", "value": rej},
+        {"item": "quarantine", "value": str(batch.quarantine)},
+    ]
+    rows += [
+        {"item": f"QUARANTINED {file}", "value": reason} for file, reason in result.quarantined
+    ]
     create_table_artifact(
         key="anomaly-score-summary",
-        table=[
-            {"item": "model", "value": f"{model.name} v{model.version}"},
-            {"item": "threshold", "value": f"{result.threshold:.6g}"},
-            {"item": "rows in", "value": result.rows_in},
-            {"item": "rows scored", "value": result.rows_scored},
-            {"item": "rows rejected", "value": result.rows_rejected},
-            {
-                "item": "anomalies flagged",
-                "value": f"{result.rows_flagged} ({batch.anomaly_rate:.1%})",
-            },
-            {"item": "output", "value": out},
-            {"item": "rejects", "value": rej},
-        ],
+        table=rows,
         description=f"Scoring of `{data}` with `{model.model_uri}`",
     )
+    if result.partial:
+        return Failed(
+            name=PARTIAL_FAILURE_STATE,
+            message=f"{len(result.quarantined)} file(s) quarantined, the rest scored: "
+            + "; ".join(f"{file}: {reason}" for file, reason in result.quarantined),
+            data=result,
+        )
     return result

@@ -9,6 +9,7 @@ from anomaly.distributed import plan_partitions, score_parquet_dask
 from anomaly.pipeline import score_files_to
 from anomaly.streaming import plan_sources, score_parquet
 from anomaly.tracking import LoadedModel
+from tests.test_streaming import corrupt_row_group
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,8 @@ def landing(tmp_path, incoming_table):
 
 
 def test_partitions_cover_every_row_group_once(fitted_detector, landing):
-    sources = plan_sources(fitted_detector, landing)
+    sources, quarantined = plan_sources(fitted_detector, landing)
+    assert not quarantined
     parts = plan_partitions(sources, partition_rows=200)
     for source in sources:
         mine = [p for p in parts if p.source == str(source.path)]
@@ -97,3 +99,27 @@ def test_pipeline_scores_on_an_existing_scheduler(tmp_path, fitted_detector, lan
     rejected = pd.read_parquet(tmp_path / "s.rejects.parquet")
     assert result.n_rows == len(scored) + len(rejected) == 1500
     assert sorted(rejected["source_row"]) == [5, 300]
+
+
+def test_bad_files_are_quarantined_on_dask_as_in_one_process(
+    tmp_path, fitted_detector, landing, incoming_table, cluster
+):
+    # One file corrupt deep inside (fails on a worker, mid-run), one not Parquet at all.
+    incoming_table.to_parquet(landing / "d.parquet", row_group_size=300)
+    corrupt_row_group(landing / "d.parquet", 3)
+    (landing / "e.parquet").write_bytes(b"")
+    model = LoadedModel(fitted_detector, "m", "1", "models:/m/1")
+    on_dask = score_files_to(
+        model, str(landing), tmp_path / "dask.parquet", dask_address=cluster.scheduler_address
+    )
+    alone = score_files_to(model, str(landing), tmp_path / "one.parquet")
+
+    for result in (on_dask, alone):
+        names = [q.source_file.rsplit("/", 1)[-1] for q in result.quarantined]
+        assert sorted(names) == ["d.parquet", "e.parquet"]
+        assert result.n_rows == 1500 and result.n_quarantined_rows == len(incoming_table)
+    for name in ("", ".rejects", ".quarantine"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / f"dask{name}.parquet"),
+            pd.read_parquet(tmp_path / f"one{name}.parquet"),
+        )

@@ -1,10 +1,10 @@
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
 from anomaly.config import TrainSettings
 from anomaly.data.parquet import write_parquet_atomic
-from anomaly.errors import SchemaError
 from anomaly.pipeline import rejects_path_for, score, score_files, train, write_outputs
 from anomaly.tracking import LoadedModel
 from tests.conftest import FAST, KEYS
@@ -30,11 +30,15 @@ def test_score_files_keeps_every_row_and_names_the_source(fitted_detector, landi
     )
 
 
-def test_schema_error_names_the_file(fitted_detector, landing):
+def test_a_file_missing_a_column_is_quarantined_with_its_reason(fitted_detector, landing):
     bad = pd.read_parquet(landing / "b.parquet").drop(columns="power")
     write_parquet_atomic(bad, landing / "c.parquet")
-    with pytest.raises(SchemaError, match=r"c\.parquet: missing column 'power'"):
-        score_files(LoadedModel(fitted_detector, "m", "1", "u"), str(landing))
+    batch = score_files(LoadedModel(fitted_detector, "m", "1", "u"), str(landing))
+    (entry,) = batch.quarantined
+    assert entry.source_file.endswith("c.parquet") and entry.error == "SchemaError"
+    assert entry.reason.startswith("missing column 'power'") and entry.rows == len(bad)
+    assert not batch.scored["source_file"].str.endswith("c.parquet").any()
+    assert batch.n_rows + batch.n_quarantined_rows == 700 + 2 * len(bad)
 
 
 def test_rejects_cannot_overwrite_the_output(tmp_path, fitted_detector, landing):
@@ -66,3 +70,19 @@ def test_train_then_score_through_mlflow(
     assert (result.rows_in, result.rows_rejected) == (len(incoming_table), 4)
     assert result.rows_scored + result.rows_rejected == result.rows_in
     assert pd.read_parquet(result.output)["model_version"].eq("1").all()
+    assert not result.partial and pd.read_parquet(result.quarantine).empty
+
+    # A file that is not Parquet at all: the rest is scored, the run says what was set aside.
+    (landing / "z.parquet").write_bytes(b"PAR1 this is not a Parquet file")
+    partial = score(
+        str(landing), "models:/test-detector/latest", str(tmp_path / "s.parquet"), tracking_config
+    )
+    assert partial.partial and partial.quarantined[0][0].endswith("z.parquet")
+    assert "cannot read as Parquet" in partial.quarantined[0][1]
+    assert (partial.rows_scored, partial.rows_rejected) == (result.rows_scored, 4)
+    assert pd.read_parquet(partial.quarantine)["source_file"].str.endswith("z.parquet").all()
+    run = mlflow.MlflowClient(tracking_config.tracking_uri).get_run(partial.run_id)
+    metrics = run.data.metrics
+    assert metrics["files_quarantined"] == 1 and metrics["rows_rejected"] == 4
+    assert metrics["rows_in"] == metrics["rows_scored"] + metrics["rows_rejected"]
+    assert run.data.tags["anomaly.status"] == "partial_failure"

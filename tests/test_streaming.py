@@ -5,7 +5,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from anomaly.data.parquet import read_table
-from anomaly.errors import SchemaError
 from anomaly.pipeline import score_files_to
 from anomaly.scoring import score_frame
 from anomaly.streaming import _ScoreSample, prefetch, score_parquet
@@ -127,26 +126,74 @@ def test_folder_of_files_keeps_each_files_rows_apart(tmp_path, fitted_detector, 
     assert b_rows["source_row"].tolist() == list(range(len(frame) - 700))
 
 
-def test_schema_error_names_the_file_and_writes_nothing(tmp_path, fitted_detector, incoming_table):
+def test_a_file_missing_a_column_is_quarantined_and_the_others_scored(
+    tmp_path, fitted_detector, incoming_table
+):
     folder = tmp_path / "landing"
     folder.mkdir()
     incoming_table.to_parquet(folder / "a.parquet")
     incoming_table.drop(columns="power").to_parquet(folder / "b.parquet")
     out = tmp_path / "out"
-    with pytest.raises(SchemaError, match=r"b\.parquet: missing column 'power'"):
-        score_parquet(fitted_detector, folder, out / "s.parquet", out / "r.parquet")
-    assert not out.exists() or not any(out.iterdir())
+    result = score_parquet(fitted_detector, folder, out / "s.parquet", out / "r.parquet")
+
+    assert result.n_scored + result.n_rejected == len(incoming_table)
+    assert [q.source_file for q in result.quarantined] == [str(folder / "b.parquet")]
+    assert result.quarantined[0].reason.startswith("missing column 'power'")
+    assert result.n_quarantined_rows == len(incoming_table)
+    listed = pd.read_parquet(result.quarantine)
+    assert listed["source_file"].tolist() == [str(folder / "b.parquet")]
+    assert listed["rows"].tolist() == [len(incoming_table)]
+    scored = pd.read_parquet(out / "s.parquet")
+    assert scored["source_file"].str.endswith("a.parquet").all()
 
 
-def test_a_type_error_midway_leaves_no_output(tmp_path, fitted_detector, incoming_table):
-    frame = incoming_table.copy()
-    frame["power"] = frame["power"].astype(str)
-    path = tmp_path / "bad.parquet"
-    frame.to_parquet(path)
+def corrupt_row_group(path, group: int) -> None:
+    """Overwrite row group ``group``'s pages with noise, leaving the footer readable."""
+    meta = pq.ParquetFile(path).metadata.row_group(group)
+    columns = [meta.column(i) for i in range(meta.num_columns)]
+    start = min(c.data_page_offset for c in columns)
+    end = max(c.data_page_offset + c.total_compressed_size for c in columns)
+    data = bytearray(path.read_bytes())
+    data[start:end] = np.random.default_rng(0).integers(0, 256, end - start, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_a_file_corrupt_deep_inside_is_set_aside_whole(tmp_path, fitted_detector, incoming_table):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    incoming_table.to_parquet(folder / "a.parquet")
+    # The footer reads, so the plan accepts b; its fourth row group only fails once reached,
+    # after rows of both files were written, so the run must start again without b.
+    incoming_table.to_parquet(folder / "b.parquet", row_group_size=300)
+    corrupt_row_group(folder / "b.parquet", 3)
+    incoming_table.to_parquet(folder / "c.parquet")
     out = tmp_path / "out"
-    with pytest.raises(SchemaError, match=r"bad\.parquet: column 'power'"):
-        score_parquet(fitted_detector, path, out / "s.parquet", out / "r.parquet", batch_rows=100)
-    assert not any(out.iterdir())  # temporary files removed, nothing renamed into place
+    result = score_parquet(
+        fitted_detector, folder, out / "s.parquet", out / "r.parquet", batch_rows=100
+    )
+
+    assert [q.source_file for q in result.quarantined] == [str(folder / "b.parquet")]
+    assert result.quarantined[0].reason.startswith("cannot read as Parquet")
+    scored, rejected = pd.read_parquet(out / "s.parquet"), pd.read_parquet(out / "r.parquet")
+    assert len(scored) + len(rejected) == result.n_rows == 2 * len(incoming_table)
+    assert set(scored["source_file"].str.rsplit("/", n=1).str[-1]) == {"a.parquet", "c.parquet"}
+    assert not scored.duplicated(["source_file", "source_row"]).any()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "r.parquet",
+        "s.parquet",
+        "s.quarantine.parquet",
+    ]
+
+
+def test_every_file_quarantined_still_writes_empty_outputs(tmp_path, fitted_detector):
+    path = tmp_path / "notparquet.parquet"
+    path.write_text("id,value\n1,2\n")
+    out = tmp_path / "out"
+    result = score_parquet(fitted_detector, path, out / "s.parquet", out / "r.parquet")
+    assert (result.n_rows, len(result.quarantined)) == (0, 1)
+    assert "cannot read as Parquet" in result.quarantined[0].reason
+    assert result.quarantined[0].rows is None
+    assert pq.read_table(out / "s.parquet").num_rows == 0
 
 
 def test_score_sample_keeps_all_scores_up_to_its_size_then_a_uniform_sample():

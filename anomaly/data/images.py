@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from anomaly.errors import DataFileError, SchemaError
+from anomaly.quarantine import QuarantinedFile
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +104,14 @@ class ImageBatch:
         (plus ``source_row`` for Parquet input).
     rejected : DataFrame
         Key columns, ``reason``, ``source_file`` (and ``source_row``) of the images left out.
+    quarantined : tuple of QuarantinedFile
+        Parquet files set aside whole (unreadable, no image column ...), with the reason.
     """
 
     images: np.ndarray
     index: pd.DataFrame
     rejected: pd.DataFrame
+    quarantined: tuple[QuarantinedFile, ...] = ()
 
     @property
     def key_columns(self) -> list[str]:
@@ -260,21 +264,41 @@ def read_images(
     if kind == "images":
         return read_image_files(files, image_size, channels, max_pixels)
     parts = []
+    quarantined = []
     for file in files:
+        rows = None
         try:
-            frame = pq.read_table(file).to_pandas()
-        except Exception as exc:  # pyarrow raises several types for a broken file
-            raise DataFileError(f"{file}: cannot read as Parquet ({exc})") from exc
-        parts.append(
-            read_image_frame(
-                frame, image_column, key_columns, image_size, channels, max_pixels, str(file)
+            try:
+                table = pq.read_table(file)
+            except Exception as exc:  # pyarrow raises several types for a broken file
+                raise DataFileError(
+                    f"{file}: cannot read as Parquet ({exc})", source=str(file)
+                ) from exc
+            rows = table.num_rows
+            part = read_image_frame(
+                table.to_pandas(),
+                image_column,
+                key_columns,
+                image_size,
+                channels,
+                max_pixels,
+                str(file),
             )
-        )
-        logger.info("%s: decoded %d of %d images", file, len(parts[-1].images), len(frame))
+        except (DataFileError, SchemaError) as exc:
+            quarantined.append(QuarantinedFile.of(file, exc, rows))
+            continue
+        parts.append(part)
+        logger.info("%s: decoded %d of %d images", file, len(part.images), rows)
+    if not parts:  # every file quarantined: an empty batch with the usual columns
+        empty = pd.DataFrame(columns=[image_column, *key_columns])
+        parts = [
+            read_image_frame(empty, image_column, key_columns, image_size, channels, max_pixels, "")
+        ]
     return ImageBatch(
         np.concatenate([p.images for p in parts]),
         pd.concat([p.index for p in parts], ignore_index=True),
         pd.concat([p.rejected for p in parts], ignore_index=True),
+        tuple(quarantined),
     )
 
 

@@ -19,20 +19,19 @@ ColumnKind = Literal["numeric", "categorical"]
 
 # Columns the scored and rejects outputs add beside the input's own; keys or input columns of
 # these names would be overwritten, so they are refused up front.
-SCORED_COLUMNS = frozenset(
-    {
-        "anomaly_score",
-        "p_value",
-        "is_anomaly",
-        "threshold",
-        "model_name",
-        "model_version",
-        "top_feature",
-        "top_feature_share",
-        "source_row",
-        "source_file",
-    }
+OUTPUT_COLUMNS = (
+    "anomaly_score",
+    "p_value",
+    "is_anomaly",
+    "threshold",
+    "model_name",
+    "model_version",
+    "top_feature",
+    "top_feature_share",
+    "source_row",
+    "source_file",
 )
+SCORED_COLUMNS = frozenset(OUTPUT_COLUMNS)
 REJECT_COLUMNS = frozenset({"reason", "source_row", "source_file"})
 
 

@@ -110,8 +110,13 @@ def test_parquet_ingest_keeps_keys_and_rejects_bad_rows(tmp_path):
     assert batch.rejected["item_id"].tolist() == [11, 12]
     assert batch.rejected["reason"].str.contains("not a recognised image").iloc[0]
     assert batch.rejected["reason"].iloc[1] == "missing image (null)"
-    with pytest.raises(SchemaError, match="missing column 'label'"):
-        read_images(tmp_path / "p", (12, 10), key_columns=["label"])
+    # A file without the key column is set aside whole, and the others still read.
+    write_parquet_atomic(frame.drop(columns="camera"), tmp_path / "p" / "three.parquet")
+    partial = read_images(tmp_path / "p", (12, 10), key_columns=["item_id", "camera"])
+    assert len(partial) == 4 and len(partial.images) == 2
+    (entry,) = partial.quarantined
+    assert entry.source_file.endswith("three.parquet") and entry.rows == 4
+    assert entry.reason.startswith("missing column 'camera'")
 
 
 def test_sources_are_classified_and_mixtures_refused(tmp_path, image_folder):

@@ -97,6 +97,30 @@ def test_train_and_score_flows(
     assert [a.key for a in artifacts] == ["anomaly-score-summary"]
     assert "rows rejected" in str(artifacts[0].data)
 
+    # A second batch with a file missing a column: that file is quarantined, the rest scored,
+    # and the run ends in the named partial-failure state.
+    write_parquet_atomic(holed.drop(columns="power"), tmp_path / "landing" / "broken.parquet")
+    partial = score_flow(
+        data=str(tmp_path / "landing"),
+        model_uri=model.model_uri,
+        output=str(tmp_path / "out" / "scores.parquet"),
+        tracking_config=tracking_yaml,
+        return_state=True,
+    )
+    assert partial.is_failed() and partial.name == "PartialFailure"
+    assert "broken.parquet: missing column 'power'" in partial.message
+    again = partial.result(raise_on_failure=False)
+    assert (again.rows_scored, again.rows_rejected) == (result.rows_scored, 2)
+    assert again.rows_in == len(holed) * 2 and again.rows_quarantined == len(holed)
+    listed = pd.read_parquet(again.quarantine)
+    assert listed["source_file"].str.endswith("broken.parquet").tolist() == [True]
+    metrics = client.get_run(again.run_id).data.metrics
+    assert (metrics["files_quarantined"], metrics["rows_quarantined"]) == (1, len(holed))
+    artifacts = asyncio.run(flow_run_artifacts(partial.state_details.flow_run_id))
+    assert "QUARANTINED" in str(artifacts[0].data) and "rows in quarantined files" in str(
+        artifacts[0].data
+    )
+
 
 def test_train_and_score_flows_for_a_time_series(prefect_server, tmp_path, tracking_config):
     """A conv1d model trained on a CSV series; two batches scored by two flow runs continue it."""

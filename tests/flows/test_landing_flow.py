@@ -80,9 +80,13 @@ def test_landing_files_scored_exactly_once_across_runs_with_alerts(
     (landing / "e.parquet").write_bytes(b"half a file")
 
     second = landing_flow(**params, return_state=True)
-    assert second.is_failed() and "e.parquet" in second.message
+    assert second.is_failed() and second.name == "PartialFailure"
+    assert "e.parquet: cannot read as Parquet" in second.message
     ledger = {e["name"]: e for e in json.loads((out / LEDGER_NAME).read_text())["files"]}
-    assert sorted(ledger) == ["a.parquet", "c.parquet", "d.parquet", "day2/b.parquet"]
+    assert sorted(ledger) == ["a.parquet", "c.parquet", "d.parquet", "day2/b.parquet", "e.parquet"]
+    # Quarantined in the ledger, so later runs leave it alone until new content arrives.
+    assert ledger["e.parquet"]["status"] == "quarantined"
+    assert ledger["e.parquet"]["reason"].startswith("cannot read as Parquet")
     assert ledger["d.parquet"]["alerts"] and not ledger["c.parquet"]["alerts"]
     assert "d.parquet: anomaly rate" in second.message
     assert received and "d.parquet" in received[0]["text"]
@@ -97,7 +101,9 @@ def test_landing_files_scored_exactly_once_across_runs_with_alerts(
     fourth = landing_flow(**params, return_state=True)
     assert fourth.result().scored == []
 
-    ledger = json.loads((out / LEDGER_NAME).read_text())["files"]
+    entries = json.loads((out / LEDGER_NAME).read_text())["files"]
+    ledger = [e for e in entries if e.get("status") != "quarantined"]
+    assert [e["name"] for e in entries if e not in ledger] == ["e.parquet"]
     assert sorted(e["name"] for e in ledger) == sorted(tables)
     for entry in ledger:
         scored = pd.read_parquet(out / entry["output"])
