@@ -498,6 +498,8 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         # Rows of (the possibly filtered) frame whose features are all finite; only the impute
         # policy leaves any others in.
         valid = np.ones(len(frame), dtype=bool) if self.nan_policy == "reject" else ~bad
+        # The range of normal values, so scoring can say when a value lies far outside it.
+        schema = schema.with_ranges(frame)
         n = len(frame)
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(n)
@@ -770,7 +772,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         training window (windows overlap), and calibrates on the most recent normal behaviour.
         """
         window = int(self.window)  # type: ignore[arg-type]
-        schema = self._series_schema(frame)
+        schema = self._series_schema(frame).with_ranges(frame)
         frequency = self._frequency(frame, schema)
         self.schema_ = schema
         self.series_policy_ = self._series_policy(schema.feature_names, frequency)

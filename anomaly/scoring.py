@@ -89,6 +89,8 @@ class RowScores:
     top_share: np.ndarray  # (n_ok,) float64
     reasons: np.ndarray  # (n - n_ok,) object: why each row that was not scored was set aside
     feature_names: tuple[str, ...]
+    # (n_ok,) object: features far outside the training range ("a, b"), None when none.
+    out_of_range: np.ndarray
 
     @property
     def top_feature(self) -> np.ndarray:
@@ -122,6 +124,7 @@ def score_row_arrays(detector: AutoencoderDetector, frame: pd.DataFrame) -> RowS
         top_share=share,
         reasons=reasons,
         feature_names=tuple(detector.preprocessor_.input_names_),
+        out_of_range=detector.schema_.out_of_range(frame if ok.all() else frame[ok]),
     )
 
 
@@ -136,7 +139,9 @@ def score_rows(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFra
     -------
     pandas.DataFrame
         Index of ``frame``; columns ``anomaly_score``, ``p_value``, ``is_anomaly``,
-        ``top_feature``, ``top_feature_share``, ``reject_reason`` (empty when scored).
+        ``top_feature``, ``top_feature_share``, ``out_of_range`` (features far outside the
+        training range, see :meth:`TableSchema.out_of_range`), ``reject_reason`` (empty when
+        scored).
     """
     detector._check_fitted()
     detector.schema_.validate(frame, require_keys=detector.window is not None)
@@ -159,6 +164,7 @@ def score_rows(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFra
             "is_anomaly": spread(rows.is_anomaly, False, bool),
             "top_feature": pd.array(spread(rows.top_feature, pd.NA, object), dtype="string"),
             "top_feature_share": spread(rows.top_share, np.nan, np.float64),
+            "out_of_range": pd.array(spread(rows.out_of_range, pd.NA, object), dtype="string"),
             "reject_reason": pd.array(reasons, dtype="string"),
         },
         index=frame.index,
@@ -186,6 +192,7 @@ def _series_row_arrays(
         top_share=share,
         reasons=np.asarray(reasons, dtype=object)[~ok],
         feature_names=tuple(detector.schema_.feature_names),
+        out_of_range=detector.schema_.out_of_range(frame[ok]),
     )
     return rows, layout.counts
 
@@ -214,6 +221,9 @@ def _score_series_frame(
     share_all = np.full(len(frame), np.nan)
     share_all[ok] = share
     out["top_feature_share"] = share_all
+    out_of_range = np.full(len(frame), None, dtype=object)
+    out_of_range[ok] = detector.schema_.out_of_range(frame[ok])
+    out["out_of_range"] = pd.Series(out_of_range, index=frame.index, dtype="string")
     out["reject_reason"] = pd.Series(reasons, index=frame.index, dtype="string")
     return out, layout.counts
 
@@ -364,6 +374,7 @@ def score_frame(
     scored["model_version"] = pd.array([str(model_version)] * n_good, dtype="string")
     scored["top_feature"] = rows.top_feature
     scored["top_feature_share"] = rows.top_share
+    scored["out_of_range"] = pd.array(rows.out_of_range, dtype="string")
     scored["source_row"] = position[good]
 
     rejected = frame.loc[~good].reset_index(drop=True)

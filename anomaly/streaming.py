@@ -186,6 +186,7 @@ def output_schemas(
             pa.field("model_version", pa.string()),
             pa.field("top_feature", pa.string()),
             pa.field("top_feature_share", pa.float64()),
+            pa.field("out_of_range", pa.string()),
             pa.field("source_row", pa.int64()),
             pa.field("source_file", pa.string()),
         ]
@@ -265,6 +266,7 @@ def score_record_batch(
         # Arrow's take on the short name list instead of n Python strings.
         "top_feature": pc.take(names, pa.array(rows.top_index, type=pa.int64())),
         "top_feature_share": pa.array(rows.top_share, type=pa.float64()),
+        "out_of_range": pa.array(rows.out_of_range, type=pa.string()),
         "source_row": pa.array(position[rows.ok] if n_ok < n else position),
         "source_file": pa.repeat(pa.scalar(source, pa.string()), n_ok),
     }

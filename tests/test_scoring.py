@@ -62,6 +62,7 @@ def test_reject_policy_keeps_row_counts_whole(fitted_detector, incoming_table):
         "model_version",
         "top_feature",
         "top_feature_share",
+        "out_of_range",
         "source_row",
         "source_file",
     ]
@@ -138,3 +139,36 @@ def test_input_columns_that_outputs_would_overwrite_are_refused(
         SchemaError, match=r"\['threshold'\] have the name of a column the scored output adds"
     ):
         AutoencoderDetector(key_columns=["threshold"]).fit(normal_table.assign(threshold=1.0))
+
+
+def test_values_far_outside_the_training_range_are_scored_and_named(
+    fitted_detector, normal_table, incoming_table
+):
+    spec = {c.name: c for c in fitted_detector.schema_.features}["temperature"]
+    assert spec.low == normal_table["temperature"].min()
+    assert spec.high == normal_table["temperature"].max()
+    span = spec.high - spec.low
+    frame = incoming_table.iloc[:6].copy()
+    frame["temperature"] = [
+        spec.high,  # the largest normal value: in range
+        spec.high + 0.9 * span,  # a new extreme, but within one span: in range
+        spec.high + 1.1 * span,
+        spec.low - 50 * span,
+        1e300,
+        frame["temperature"].iloc[5],
+    ]
+    frame.loc[frame.index[4], "vibration"] = 1e6
+    batch = score_frame(fitted_detector, frame)
+    assert batch.n_scored == 6 and batch.n_rejected == 0  # scored, never rejected
+    assert batch.scored["out_of_range"].tolist() == [
+        pd.NA,
+        pd.NA,
+        "temperature",
+        "temperature",
+        "temperature, vibration",
+        pd.NA,
+    ]
+    # so far out that the model cannot reconstruct them: flagged as well
+    assert batch.scored["is_anomaly"].iloc[[3, 4]].all()
+    # the same column in the row-aligned output the pyfunc model returns
+    assert score_rows(fitted_detector, frame)["out_of_range"].iloc[2] == "temperature"

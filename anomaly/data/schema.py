@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +28,7 @@ OUTPUT_COLUMNS = (
     "model_version",
     "top_feature",
     "top_feature_share",
+    "out_of_range",
     "source_row",
     "source_file",
 )
@@ -35,13 +36,38 @@ SCORED_COLUMNS = frozenset(OUTPUT_COLUMNS)
 REJECT_COLUMNS = frozenset({"reason", "source_row", "source_file"})
 
 
+# A value counts as far outside the training range beyond this many training spans past the
+# training minimum or maximum: the network never saw such inputs, so its reconstruction error
+# there is an extrapolation, not evidence. Narrower would flag ordinary new extremes.
+RANGE_MARGIN = 1.0
+
+
 @dataclass(frozen=True)
 class ColumnSpec:
-    """One feature column as seen at fit time."""
+    """One feature column as seen at fit time.
+
+    ``low`` / ``high``: the smallest and largest finite value of a numeric feature among the
+    normal rows the model was fitted on (None for categorical features and older models).
+    """
 
     name: str
     kind: ColumnKind
     dtype: str
+    low: float | None = None
+    high: float | None = None
+
+    def outside(self, values: np.ndarray, margin: float = RANGE_MARGIN) -> np.ndarray:
+        """``(n,)`` bool: finite values more than ``margin`` training spans outside ``[low, high]``.
+
+        A feature that was constant in training has no span: any other value is outside.
+        """
+        if self.low is None or self.high is None:
+            return np.zeros(len(values), dtype=bool)
+        span = self.high - self.low
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(values) & (
+                (values < self.low - margin * span) | (values > self.high + margin * span)
+            )
 
 
 def _is_categorical_dtype(dtype: Any) -> bool:
@@ -239,11 +265,52 @@ class TableSchema:
                     source=source,
                 )
 
+    def with_ranges(self, frame: pd.DataFrame) -> TableSchema:
+        """This schema with each numeric feature's finite range in ``frame`` (the fit rows)."""
+        specs = []
+        for spec in self.features:
+            if spec.kind == "numeric":
+                values = frame[spec.name].to_numpy(dtype=np.float64, na_value=np.nan)
+                values = values[np.isfinite(values)]
+                if len(values):
+                    spec = replace(spec, low=float(values.min()), high=float(values.max()))
+            specs.append(spec)
+        return replace(self, features=tuple(specs))
+
+    def out_of_range(self, frame: pd.DataFrame, margin: float = RANGE_MARGIN) -> np.ndarray:
+        """Features of each row far outside the training range, ``(n,)`` object.
+
+        Each entry is the comma-separated feature names (in model order), or None when every
+        value is within ``margin`` training spans of the range seen at fit (see
+        :data:`RANGE_MARGIN`). Missing and non-finite values are not counted.
+        """
+        numeric = [c for c in self.features if c.kind == "numeric" and c.low is not None]
+        out = np.full(len(frame), None, dtype=object)
+        if not numeric or not len(frame):
+            return out
+        outside = np.column_stack(
+            [
+                c.outside(frame[c.name].to_numpy(dtype=np.float64, na_value=np.nan), margin)
+                for c in numeric
+            ]
+        )
+        rows = np.flatnonzero(outside.any(axis=1))
+        if len(rows):
+            # One string per distinct pattern of features, not one per row.
+            patterns, which = np.unique(outside[rows], axis=0, return_inverse=True)
+            names = np.array([c.name for c in numeric], dtype=object)
+            labels = np.array([", ".join(names[p]) for p in patterns], dtype=object)
+            out[rows] = labels[which.ravel()]
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "features": [{"name": c.name, "kind": c.kind, "dtype": c.dtype} for c in self.features],
-            "keys": list(self.keys),
-        }
+        features = []
+        for c in self.features:
+            spec: dict[str, Any] = {"name": c.name, "kind": c.kind, "dtype": c.dtype}
+            if c.low is not None:
+                spec |= {"low": c.low, "high": c.high}
+            features.append(spec)
+        return {"features": features, "keys": list(self.keys)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TableSchema:

@@ -68,6 +68,16 @@ def test_missing_key_column_is_an_error():
 def test_round_trip_through_dict():
     schema = TableSchema.infer(frame(), categorical_columns=["kind"], key_columns=["id"])
     assert TableSchema.from_dict(schema.to_dict()) == schema
+    ranged = schema.with_ranges(frame())
+    assert TableSchema.from_dict(ranged.to_dict()) == ranged != schema
+
+
+def test_training_range_ignores_non_finite_values_and_a_constant_column_has_no_slack():
+    df = pd.DataFrame({"a": [0.0, 10.0, np.nan, np.inf], "c": [5.0, 5.0, 5.0, 5.0]})
+    schema = TableSchema.infer(df).with_ranges(df)
+    assert [(f.low, f.high) for f in schema.features] == [(0.0, 10.0), (5.0, 5.0)]
+    new = pd.DataFrame({"a": [-10.0, -10.5, 21.0, np.nan, -np.inf], "c": [5.0, 5.0, 5.0, 5.1, 5.0]})
+    assert schema.out_of_range(new).tolist() == [None, "a", "a", "c", None]
 
 
 def test_invalid_row_reasons_name_every_bad_column():
