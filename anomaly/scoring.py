@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from anomaly.data.keys import KeyIndex
 from anomaly.data.schema import REJECT_COLUMNS, invalid_rows
 from anomaly.errors import SchemaError
 from anomaly.quarantine import QuarantinedFile
@@ -228,6 +229,18 @@ def _score_series_frame(
     return out, layout.counts
 
 
+def duplicate_rows(
+    keys: pd.DataFrame, rows: np.ndarray, index: KeyIndex | None = None
+) -> pd.arrays.IntegerArray:
+    """``duplicate_of_row``: the source row of an earlier scored row of the same file with the
+    same key values, or NA; all NA without key columns. ``index`` carries keys across batches.
+    """
+    if not len(keys.columns):
+        return pd.array([pd.NA] * len(keys), dtype="Int64")
+    earlier = (index or KeyIndex()).earlier_rows(keys, rows)
+    return pd.arrays.IntegerArray(earlier, earlier < 0)
+
+
 def check_reject_columns(columns: Iterable[object], source: str | None = None) -> None:
     """Refuse input columns that the rejects output would overwrite (``reason``, ``source_row`` ...)."""
     clashes = sorted(set(map(str, columns)) & REJECT_COLUMNS)
@@ -348,6 +361,8 @@ def score_frame(
     The key columns recorded at fit must be present (``SchemaError`` otherwise, naming the
     column and ``source``). Every input row ends up in exactly one of the two tables, with its
     position in ``frame`` as ``source_row`` (and ``source_file`` when ``source`` is given).
+    A scored row whose keys repeat an earlier scored row's is still scored, with that row's
+    position in ``duplicate_of_row``.
     For a time-series detector, ``context`` is the previous batch's
     :meth:`~anomaly.detectors.AutoencoderDetector.next_context`.
     """
@@ -375,6 +390,7 @@ def score_frame(
     scored["top_feature"] = rows.top_feature
     scored["top_feature_share"] = rows.top_share
     scored["out_of_range"] = pd.array(rows.out_of_range, dtype="string")
+    scored["duplicate_of_row"] = duplicate_rows(scored[keys], position[good])
     scored["source_row"] = position[good]
 
     rejected = frame.loc[~good].reset_index(drop=True)

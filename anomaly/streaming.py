@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from anomaly.data.keys import KeyIndex
 from anomaly.data.parquet import list_parquet_files
 from anomaly.data.schema import _NUMERIC_DTYPE_NAMES, ColumnSpec
 from anomaly.errors import AnomalyError, DataFileError
@@ -41,7 +42,7 @@ from anomaly.quarantine import (
     quarantine_path_for,
     write_quarantine,
 )
-from anomaly.scoring import ScoredBatch, check_reject_columns, score_row_arrays
+from anomaly.scoring import ScoredBatch, check_reject_columns, duplicate_rows, score_row_arrays
 
 if TYPE_CHECKING:
     from anomaly.detectors import AutoencoderDetector
@@ -187,6 +188,7 @@ def output_schemas(
             pa.field("top_feature", pa.string()),
             pa.field("top_feature_share", pa.float64()),
             pa.field("out_of_range", pa.string()),
+            pa.field("duplicate_of_row", pa.int64()),
             pa.field("source_row", pa.int64()),
             pa.field("source_file", pa.string()),
         ]
@@ -443,6 +445,10 @@ class ScoredWriter:
         self.rejects = _ParquetSink(rejects, rejects_schema)
         self.n_scored = self.n_rejected = self.n_flagged = 0
         self.sample = _ScoreSample(SCORE_SAMPLE_SIZE)
+        # Duplicate keys are found here, where every file's scored rows pass in order, so a
+        # single process and a Dask cluster write the same column.
+        self.keys = list(scored_schema.names[: scored_schema.get_field_index("anomaly_score")])
+        self.key_index: tuple[str, KeyIndex] | None = None
 
     def __enter__(self) -> ScoredWriter:
         return self
@@ -453,6 +459,16 @@ class ScoredWriter:
             self.rejects.abort()
 
     def write(self, scored: pa.Table, rejected: pa.Table, source: str) -> None:
+        if self.key_index is None or self.key_index[0] != source:
+            self.key_index = (source, KeyIndex())
+        duplicates = duplicate_rows(
+            scored.select(self.keys).to_pandas(),
+            scored.column("source_row").to_numpy(),
+            self.key_index[1],
+        )
+        scored = scored.append_column(
+            "duplicate_of_row", pa.array(duplicates, type=pa.int64(), from_pandas=True)
+        )
         self.scored.write(conform(scored, self.scored.schema, source))
         self.rejects.write(conform(rejected, self.rejects.schema, source))
         self.n_scored += scored.num_rows

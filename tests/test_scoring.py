@@ -63,6 +63,7 @@ def test_reject_policy_keeps_row_counts_whole(fitted_detector, incoming_table):
         "top_feature",
         "top_feature_share",
         "out_of_range",
+        "duplicate_of_row",
         "source_row",
         "source_file",
     ]
@@ -172,3 +173,15 @@ def test_values_far_outside_the_training_range_are_scored_and_named(
     assert batch.scored["is_anomaly"].iloc[[3, 4]].all()
     # the same column in the row-aligned output the pyfunc model returns
     assert score_rows(fitted_detector, frame)["out_of_range"].iloc[2] == "temperature"
+
+
+def test_duplicate_keys_are_scored_and_point_at_the_first_row(fitted_detector, incoming_table):
+    frame = incoming_table.iloc[:8].copy()
+    frame.iloc[5, frame.columns.get_loc("reading_id")] = frame["reading_id"].iloc[2]
+    frame.iloc[5, frame.columns.get_loc("timestamp")] = frame["timestamp"].iloc[2]
+    frame.iloc[7] = frame.iloc[2]  # a whole row delivered twice
+    batch = score_frame(fitted_detector, frame)
+    assert batch.n_scored == 8  # nothing is dropped or rejected for it
+    assert batch.scored["duplicate_of_row"].tolist() == [pd.NA] * 5 + [2, pd.NA, 2]
+    # same key, same values: the same score
+    assert batch.scored["anomaly_score"].iloc[7] == batch.scored["anomaly_score"].iloc[2]

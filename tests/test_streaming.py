@@ -95,6 +95,26 @@ def test_many_odd_row_groups_are_scored_completely(tmp_path, fitted_detector, in
     assert_same_output(rejected, expected.rejected)
 
 
+def test_duplicate_keys_are_found_across_batches_but_not_across_files(
+    tmp_path, fitted_detector, incoming_table
+):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frame = incoming_table.iloc[:300].copy()
+    repeat = frame.iloc[[10, 250]]
+    pd.concat([frame, repeat], ignore_index=True).to_parquet(folder / "a.parquet")
+    frame.iloc[:5].to_parquet(folder / "b.parquet")  # the same keys again, in another file
+    result = score_parquet(
+        fitted_detector, folder, tmp_path / "s.parquet", tmp_path / "r.parquet", batch_rows=64
+    )
+    scored = pd.read_parquet(tmp_path / "s.parquet")
+    assert result.n_scored == 307
+    duplicates = scored.dropna(subset=["duplicate_of_row"])
+    assert duplicates["source_row"].tolist() == [300, 301]
+    assert duplicates["duplicate_of_row"].tolist() == [10, 250]
+    assert duplicates["source_file"].str.endswith("a.parquet").all()
+
+
 def test_an_empty_file_gives_empty_outputs(tmp_path, fitted_detector, incoming_table):
     path = tmp_path / "empty.parquet"
     incoming_table.iloc[:0].to_parquet(path)

@@ -29,6 +29,7 @@ OUTPUT_COLUMNS = (
     "top_feature",
     "top_feature_share",
     "out_of_range",
+    "duplicate_of_row",
     "source_row",
     "source_file",
 )
