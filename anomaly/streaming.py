@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from anomaly.data.keys import KeyIndex
 from anomaly.data.parquet import list_parquet_files
 from anomaly.data.schema import _NUMERIC_DTYPE_NAMES, ColumnSpec
-from anomaly.errors import AnomalyError, DataFileError
+from anomaly.errors import AnomalyError, DataFileError, SchemaError
 from anomaly.quarantine import (
     QuarantinedFile,
     failed_source,
@@ -117,6 +117,7 @@ def plan_sources(
             # Column presence (and, for typed columns, compatibility) on an empty frame; the
             # all-null allowance is checked again on every batch, where it depends on the values.
             detector.schema_.validate(schema.empty_table().to_pandas(), source=str(path))
+            types_fit = _check_types(detector, schema, meta, str(path))
             check_reject_columns(schema.names, str(path))
             unified = _unify(unified, schema, path)
         except AnomalyError as exc:
@@ -130,9 +131,49 @@ def plan_sources(
                 row_group_rows=tuple(
                     meta.row_group(i).num_rows for i in range(meta.num_row_groups)
                 ),
+                types_fit=types_fit,
             )
         )
     return sources, quarantined
+
+
+def _check_types(
+    detector: AutoencoderDetector, schema: pa.Schema, meta: pq.FileMetaData, source: str
+) -> bool:
+    """Whether every feature's Parquet type fits its kind; refuse one that does not and holds values.
+
+    A column of another type is allowed only while it is all null (a sensor down for the whole
+    file reads as a null or text column). The footer's null counts tell, where the writer
+    recorded them, so such a file is refused here, whole, before any row is scored; without
+    them the check falls to each batch.
+    """
+    fits = True
+    for spec in detector.schema_.features:
+        arrow_type = schema.field(spec.name).type
+        if _type_fits(spec, arrow_type) or pa.types.is_null(arrow_type):
+            continue
+        fits = False
+        if _holds_values(meta, spec.name):
+            raise SchemaError(
+                f"column '{spec.name}': expected {spec.kind} ({spec.dtype}), found {arrow_type}",
+                column=spec.name,
+                source=source,
+            )
+    return fits
+
+
+def _holds_values(meta: pq.FileMetaData, name: str) -> bool:
+    """True when the footer's statistics show a non-null value in column ``name``."""
+    for group in range(meta.num_row_groups):
+        row_group = meta.row_group(group)
+        for j in range(row_group.num_columns):
+            chunk = row_group.column(j)
+            if chunk.path_in_schema != name:
+                continue
+            stats = chunk.statistics
+            if stats is not None and stats.has_null_count and stats.null_count < row_group.num_rows:
+                return True
+    return False
 
 
 def _unify(unified: pa.Schema | None, schema: pa.Schema, path: Path) -> pa.Schema:
