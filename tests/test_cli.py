@@ -45,6 +45,13 @@ def test_train_and_score_commands(workdir, incoming_table):
     assert len(out) == len(incoming_table)
     assert (workdir / "out" / "scores.rejects.parquet").exists()
 
+    (workdir / "incoming" / "b2.parquet").write_text("reading_id,power\n1,2\n")
+    partial = runner.invoke(app, ["score", "incoming", "--output", "out/scores.parquet"])
+    assert partial.exit_code == 3, partial.output
+    assert "b2.parquet: cannot read as Parquet" in partial.output.replace("\n", "")
+    assert "partial failure" in partial.output
+    assert len(pd.read_parquet(workdir / "out" / "scores.parquet")) == len(incoming_table)
+
 
 def test_errors_are_one_clear_line_and_exit_code_2(workdir):
     bad_quantile = runner.invoke(app, ["train", "train.parquet", "--quantile", "0"])
