@@ -213,6 +213,13 @@ def test_killed_series_run_leaves_the_context_as_it_was(tmp_path):
     pd.testing.assert_frame_equal(rejected, clean_rejected)
     assert file_sha256(clean_dir / context.name) == file_sha256(context)
 
+    # Idempotent: the context keeps the points before the last batch, so that batch again
+    # (now after the advanced context) reproduces its scores.
+    score_files_to(model, str(data), out, context_path=context)
+    again_scored, again_rejected = _read(out)
+    pd.testing.assert_frame_equal(scored, again_scored)
+    pd.testing.assert_frame_equal(rejected, again_rejected)
+
 
 @pytest.fixture
 def small_input(tmp_path) -> Path:
