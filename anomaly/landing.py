@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from anomaly.data.parquet import file_sha256, list_parquet_files
+from anomaly.data.parquet import file_sha256, list_parquet_files, output_lock
 from anomaly.errors import DataFileError
 from anomaly.monitoring import AlertSettings, BatchReport, monitor_batch
 from anomaly.pipeline import score_files, write_outputs
@@ -191,10 +191,11 @@ def score_landing_file(
     """
     ledger = Ledger(output_dir)
     out, rej = output_paths(output_dir, file)
-    batch = score_files(model, str(file.path))
-    if batch.quarantined:
-        return _quarantine(ledger, model, file, batch.quarantined[0])
-    write_outputs(batch, out, rej)
+    with output_lock(out, rej):
+        batch = score_files(model, str(file.path))
+        if batch.quarantined:
+            return _quarantine(ledger, model, file, batch.quarantined[0])
+        write_outputs(batch, out, rej)
     thr = model.detector.thresholder_
     report = monitor_batch(
         batch.scored["anomaly_score"].to_numpy(),

@@ -12,7 +12,12 @@ import pandas as pd
 
 from anomaly.config import TrainSettings
 from anomaly.data.images import ImageBatch, probe_image_size, read_images, write_png_atomic
-from anomaly.data.parquet import list_parquet_files, read_table, write_parquet_atomic
+from anomaly.data.parquet import (
+    list_parquet_files,
+    output_lock,
+    read_table,
+    write_parquet_atomic,
+)
 from anomaly.data.schema import OUTPUT_COLUMNS
 from anomaly.data.series import list_series_files, read_series, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
@@ -154,8 +159,34 @@ def score_files_to(
     ``heatmaps`` its flagged images' error maps are written as PNG beside the output.
     """
     rejects_path = Path(rejects) if rejects is not None else rejects_path_for(output)
-    if model.detector.window is not None or model.detector.model in IMAGE_MODELS:
-        batch = score_files(model, data, context_path)
+    # One run at a time per output; temporaries of a killed earlier run go before this one writes.
+    with output_lock(output, rejects_path, quarantine_path_for(output), context_path):
+        return _score_files_to(
+            model, data, output, rejects_path, dask, dask_address, context_path, heatmaps
+        )
+
+
+def _score_files_to(
+    model: LoadedModel,
+    data: str,
+    output: str | os.PathLike[str],
+    rejects_path: Path,
+    dask: bool,
+    dask_address: str | None,
+    context_path: str | os.PathLike[str] | None,
+    heatmaps: bool,
+) -> StreamResult:
+    if model.detector.window is not None:
+        batch, context = _score_series(model, data, context_path)
+        out, rej = write_outputs(batch, output, rejects_path)
+        quarantine = write_quarantine(batch.quarantined, quarantine_path_for(output))
+        # The context moves on only once the outputs are in place: a run killed before this
+        # leaves it as it was, so the rerun scores the same rows the same way.
+        if context_path is not None and context is not None:
+            write_parquet_atomic(context, context_path)
+        return StreamResult.of_batch(batch, out, rej, quarantine)
+    if model.detector.model in IMAGE_MODELS:
+        batch = score_files(model, data)
         out, rej = write_outputs(batch, output, rejects_path, heatmaps=heatmaps)
         quarantine = write_quarantine(batch.quarantined, quarantine_path_for(output))
         return StreamResult.of_batch(batch, out, rej, quarantine)
@@ -264,6 +295,16 @@ def score_series_files(
     seen so far: read before the first file when it exists, written (atomically) after the
     last. Without it, the first rows of each run are scored without earlier points.
     """
+    batch, context = _score_series(model, data, context_path)
+    if context_path is not None and context is not None:
+        write_parquet_atomic(context, context_path)
+    return batch
+
+
+def _score_series(
+    model: LoadedModel, data: str, context_path: str | os.PathLike[str] | None
+) -> tuple[ScoredBatch, pd.DataFrame | None]:
+    """The scored series files and the context after the last, which is not written here."""
     detector = model.detector
     context = None
     if context_path is not None and Path(context_path).exists():
@@ -287,9 +328,7 @@ def score_series_files(
         )
         _log_file(path, batch)
         batches.append(batch)
-    if context_path is not None and context is not None:
-        write_parquet_atomic(context, context_path)
-    return _combine(batches, quarantined, detector)
+    return _combine(batches, quarantined, detector), context
 
 
 def rejects_path_for(output: str | os.PathLike[str]) -> Path:
@@ -350,7 +389,9 @@ def write_outputs(
     scored = batch.scored
     if heatmaps and batch.images is not None:
         scored = scored.assign(heatmap=write_heatmaps(batch, heatmaps_dir_for(output)))
-    return write_parquet_atomic(scored, output), write_parquet_atomic(batch.rejected, rejects_path)
+    # The scored output lands last: once it exists, its rejects file is complete beside it.
+    rej = write_parquet_atomic(batch.rejected, rejects_path)
+    return write_parquet_atomic(scored, output), rej
 
 
 @dataclass(frozen=True)

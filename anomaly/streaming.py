@@ -523,7 +523,9 @@ class ScoredWriter:
             raise AssertionError(
                 f"rows in {self.expected_rows} != scored {self.n_scored} + rejected {self.n_rejected}"
             )
-        output, rejects = self.scored.commit(), self.rejects.commit()
+        # The scored output lands last: once it exists, its rejects file is complete beside it.
+        rejects = self.rejects.commit()
+        output = self.scored.commit()
         return StreamResult(
             n_rows=n_rows,
             n_scored=self.n_scored,

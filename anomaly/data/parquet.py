@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
 
 from anomaly.errors import DataFileError
 
@@ -109,3 +112,52 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def lock_path_for(path: str | os.PathLike[str]) -> Path:
+    """The lock file guarding writes to ``path``: ``.NAME.lock`` beside it."""
+    target = Path(path)
+    return target.with_name(f".{target.name}.lock")
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete ``.NAME.*.tmp`` files left beside ``path`` by writers that were killed.
+
+    Call only while holding :func:`output_lock` for ``path``: a live writer's temporary file
+    has the same name pattern, and the lock is what says no writer is live.
+    """
+    target = Path(path)
+    stale = sorted(target.parent.glob(f".{glob.escape(target.name)}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+        logger.warning("%s: removed a temporary file left by an interrupted run", tmp)
+    return stale
+
+
+@contextlib.contextmanager
+def output_lock(*paths: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Hold an exclusive lock on each output path while writing; clear stale temporaries first.
+
+    Two runs writing the same output take turns (the second waits, saying which lock it waits
+    for) instead of interleaving; once the lock is held, temporaries left by a killed earlier
+    run are removed. Locks are taken in path order so runs sharing several outputs cannot
+    deadlock. The lock is an OS file lock (``.NAME.lock`` beside the output), released by the
+    kernel if the process dies.
+    """
+    targets = sorted({Path(p).resolve() for p in paths if p is not None})
+    with contextlib.ExitStack() as stack:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(lock_path_for(target))
+            try:
+                lock.acquire(blocking=False)
+            except Timeout:
+                logger.info(
+                    "%s: another run is writing this output; waiting for its lock %s",
+                    target,
+                    lock.lock_file,
+                )
+                lock.acquire()
+            stack.callback(lock.release)
+            remove_stale_temporaries(target)
+        yield
