@@ -66,16 +66,19 @@ class Ledger:
     def __init__(self, output_dir: str | os.PathLike[str]):
         self.output_dir = Path(output_dir)
         self.path = self.output_dir / LEDGER_NAME
-        self.entries: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            try:
-                data = json.loads(self.path.read_text())
-                self.entries = {e["key"]: e for e in data["files"]}
-            except (ValueError, KeyError, TypeError) as exc:
-                raise DataFileError(
-                    f"{self.path}: ledger is not valid (expected JSON with a 'files' list: {exc}); "
-                    "move it aside to rescore every file in the landing folder"
-                ) from exc
+        self.entries: dict[str, dict[str, Any]] = self._read()
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            return {e["key"]: e for e in data["files"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataFileError(
+                f"{self.path}: ledger is not valid (expected JSON with a 'files' list: {exc}); "
+                "move it aside to rescore every file in the landing folder"
+            ) from exc
 
     def is_done(self, file: LandingFile) -> bool:
         return file.key in self.entries
@@ -97,13 +100,17 @@ class Ledger:
             "sha256": file.sha256,
             **entry,
         }
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_text(json.dumps({"files": list(self.entries.values())}, indent=1))
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        entry = self.entries[file.key]
+        # Another landing run may have recorded files since this ledger was read: re-read under
+        # the ledger's lock and add this entry, so concurrent runs never drop each other's.
+        with output_lock(self.path):
+            self.entries = self._read() | {file.key: entry}
+            tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                tmp.write_text(json.dumps({"files": list(self.entries.values())}, indent=1))
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
 
 
 def pending_files(
