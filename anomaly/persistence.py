@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file as load_torch
@@ -134,7 +135,17 @@ def _verify(directory: Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"{manifest_path}: missing or unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in manifest.items()
+    ):
+        raise ModelFileError(f"{manifest_path}: expected a JSON object of file name to SHA-256")
+    # Every file is covered: an emptied or partial manifest would otherwise check nothing.
+    present = {p.name for p in directory.iterdir() if p.name != "manifest.json"}
+    if unlisted := sorted(present - set(manifest)):
+        raise ModelFileError(f"{directory / unlisted[0]}: not listed in the manifest")
     for name, expected in manifest.items():
+        if Path(name).name != name or name in ("", ".", "..", "manifest.json"):
+            raise ModelFileError(f"{manifest_path}: entry {name!r} is not a file of the model")
         file = directory / name
         if not file.is_file():
             raise ModelFileError(f"{file}: listed in the manifest but missing")
@@ -156,28 +167,48 @@ def _verify(directory: Path) -> dict[str, Any]:
 
 def load_detector(path: str | os.PathLike[str], device: str = "auto") -> AutoencoderDetector:
     """Load a detector written by :func:`save_detector`, checking every file's checksum first."""
-    from anomaly.detectors import AutoencoderDetector, module_from_config
-
     directory = Path(path)
     config = _verify(directory)
+    try:
+        return _build(directory, config, device)
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # A detector.json that parses but lacks an entry or holds the wrong kind of value.
+        raise ModelFileError(
+            f"{directory / 'detector.json'}: missing or invalid entry ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _build(directory: Path, config: dict[str, Any], device: str) -> AutoencoderDetector:
+    from anomaly.detectors import AutoencoderDetector, module_from_config
+
     params = dict(config["params"])
     params["device"] = device
     detector = AutoencoderDetector(**params)
     image = params.get("model") in IMAGE_MODELS
     schema = None if image else TableSchema.from_dict(config["schema"])
+    weights, calibration_file = (
+        directory / "weights.safetensors",
+        directory / "calibration.safetensors",
+    )
+    module_config = config["module_config"]
     try:
-        module = module_from_config(params["model"], config["module_config"])
-        module.load_state_dict(load_torch(str(directory / "weights.safetensors")))
-        calibration = load_numpy(str(directory / "calibration.safetensors"))["scores"]
-        objective = Objective(**config["objective"])
-    except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
+        module = module_from_config(params["model"], module_config)
+        module.load_state_dict(load_torch(str(weights)))
+    except (RuntimeError, OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise ModelFileError(
-            f"{directory}: weights do not match the saved configuration ({exc})"
+            f"{weights}: weights do not match the saved configuration ({exc})"
         ) from exc
+    try:
+        calibration = load_numpy(str(calibration_file))["scores"]
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise ModelFileError(f"{calibration_file}: expected one tensor 'scores' ({exc})") from exc
+    objective = Objective(**config["objective"])
     threshold = threshold_from_dict(config["threshold"]).fit(calibration)
     if threshold.threshold_ != config["threshold"]["threshold"]:
         raise ModelFileError(
-            f"{directory}: calibration scores do not reproduce the saved threshold"
+            f"{calibration_file}: calibration scores do not reproduce the saved threshold"
         )
 
     detector.schema_ = schema  # type: ignore[assignment]
@@ -186,18 +217,22 @@ def load_detector(path: str | os.PathLike[str], device: str = "auto") -> Autoenc
     elif detector.window is None:
         detector.preprocessor_ = TabularPreprocessor.load(directory, schema)
     else:
+        scaler_file = directory / "series_scaler.json"
+        try:
+            detector.scaler_ = SeriesScaler.from_dict(json.loads(scaler_file.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelFileError(f"{scaler_file}: unreadable series scaler ({exc})") from exc
         try:
             series = config["series"]
-            detector.scaler_ = SeriesScaler.from_dict(
-                json.loads((directory / "series_scaler.json").read_text())
-            )
             policy = series["policy"]
             detector.series_policy_ = SeriesPolicy(
                 **{**policy, "features": tuple(policy["features"])}
             )
             detector.frequency_ = series["frequency"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelFileError(f"{directory}: time-series settings unreadable ({exc})") from exc
+            raise ModelFileError(
+                f"{directory / 'detector.json'}: time-series settings unreadable ({exc})"
+            ) from exc
         detector.preprocessor_ = None  # type: ignore[assignment]
     detector.device_ = resolve_device(device)
     detector.module_ = module.to(detector.device_).eval()

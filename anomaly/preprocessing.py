@@ -186,11 +186,18 @@ class TabularPreprocessor:
                     f"{path}: contains types outside the allowlist: {sorted(unexpected)}"
                 )
             transformer = sio.load(path, trusted=sorted(untrusted))
-            meta = json.loads((directory / "preprocessor.json").read_text())
         except ModelFileError:
             raise
         except Exception as exc:
             raise ModelFileError(f"{path}: cannot load preprocessor ({exc})") from exc
+        meta_path = directory / "preprocessor.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            scaler, medians = meta["scaler"], {k: float(v) for k, v in meta["medians"].items()}
+            if scaler not in ("standard", "minmax"):
+                raise ValueError(f"unknown scaler {scaler!r}")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelFileError(f"{meta_path}: unreadable preprocessor settings ({exc})") from exc
         # skops trusts scikit-learn types by default; also insist on the exact structure we save.
         parts = (
             getattr(transformer, "transformers_", None)
@@ -203,9 +210,9 @@ class TabularPreprocessor:
                 f"{path}: expected a fitted ColumnTransformer of scalers and a one-hot encoder, "
                 f"found {type(transformer).__name__}"
             )
-        obj = cls(schema, scaler=meta["scaler"])
+        obj = cls(schema, scaler=scaler)
         obj.transformer_ = transformer
-        obj.medians_ = {k: float(v) for k, v in meta["medians"].items()}
+        obj.medians_ = medians
         obj._set_output_layout()
         return obj
 

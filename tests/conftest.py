@@ -64,3 +64,31 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# A small time-series detector for tests that need one fitted, not a good one.
+SERIES_FAST = {
+    "model": "conv1d",
+    "window": 16,
+    "time_column": "timestamp",
+    "series_column": "machine",
+    "key_columns": ["injected_anomaly"],
+    "epochs": 3,
+    "batch_size": 64,
+    "learning_rate": 3e-3,
+    "verbose": False,
+}
+
+
+@pytest.fixture(scope="session")
+def series_table() -> pd.DataFrame:
+    from anomaly.data.synthetic import make_series_table
+
+    return make_series_table(600, n_series=2, seed=5)
+
+
+@pytest.fixture(scope="session")
+def fitted_series_detector(series_table):
+    from anomaly import AutoencoderDetector
+
+    return AutoencoderDetector(**SERIES_FAST).fit(series_table)
