@@ -26,3 +26,67 @@ def test_only_tracking_modules_import_mlflow():
         )
     )
     assert users == ["mlflow_model.py", "tracking.py"]
+
+
+# Modules whose load functions can run code from a file: never used on model or data files.
+_UNPICKLERS = {"pickle", "cPickle", "_pickle", "cloudpickle", "dill", "joblib", "shelve", "marshal"}
+
+
+def _unsafe_loads(path):
+    """``(line, what)`` for each import of an unpickler and each ``torch.load`` not weights-only."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [
+                (node.lineno, f"import {a.name}")
+                for a in node.names
+                if a.name.split(".")[0] in _UNPICKLERS
+            ]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.split(".")[0] in _UNPICKLERS:
+                found.append((node.lineno, f"from {node.module} import ..."))
+            if node.module == "torch" and any(a.name == "load" for a in node.names):
+                found.append((node.lineno, "from torch import load"))
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if (
+                isinstance(func, ast.Attribute)
+                and func.attr == "load"
+                and isinstance(func.value, ast.Name)
+                and func.value.id == "torch"
+            ):
+                weights_only = [k for k in node.keywords if k.arg == "weights_only"]
+                safe = (
+                    weights_only
+                    and isinstance(weights_only[0].value, ast.Constant)
+                    and weights_only[0].value.value is True
+                )
+                if not safe:
+                    found.append((node.lineno, "torch.load without weights_only=True"))
+    return found
+
+
+def test_scanner_finds_unsafe_loads(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import pickle\nimport joblib as jl\nfrom cloudpickle import loads\n"
+        "import torch\ntorch.load('a')\ntorch.load('b', weights_only=False)\n"
+        "torch.load('c', weights_only=True)\n"
+    )
+    assert [line for line, _ in _unsafe_loads(sample)] == [1, 2, 3, 5, 6]
+
+
+def test_no_code_unpickles_or_calls_torch_load_unsafely():
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    offenders = [
+        f"{p.relative_to(root)}:{line}: {what}"
+        for folder in ("anomaly", "flows")
+        for p in sorted((root / folder).rglob("*.py"))
+        for line, what in _unsafe_loads(p)
+    ]
+    assert offenders == []
