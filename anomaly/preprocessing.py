@@ -253,9 +253,11 @@ class SeriesScaler:
     def transform(self, values: np.ndarray, series: np.ndarray) -> np.ndarray:
         """Scaled float32 copy of ``values``."""
         out = np.empty(values.shape, dtype=np.float32)
+        # Clipped as TabularPreprocessor.transform clips: a finite but enormous reading (1e300)
+        # would overflow float32 to inf and make every window over it score inf.
         if not self.per_series:
             center, scale = self.stats_[""]
-            out[:] = (values - center) / scale
+            out[:] = np.clip((values - center) / scale, -ENCODED_LIMIT, ENCODED_LIMIT)
             return out
         ids = series.astype(str)
         for sid in np.unique(ids):
@@ -266,7 +268,7 @@ class SeriesScaler:
                 )
             center, scale = self.stats_.get(key, self.stats_[""])
             mask = ids == sid
-            out[mask] = (values[mask] - center) / scale
+            out[mask] = np.clip((values[mask] - center) / scale, -ENCODED_LIMIT, ENCODED_LIMIT)
         return out
 
     def to_dict(self) -> dict[str, Any]:

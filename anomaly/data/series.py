@@ -249,7 +249,7 @@ def build_layout(
     if policy.series_column is not None:
         _note(
             reasons,
-            np.array([i is None for i in ids]),
+            np.array([i is None for i in ids], dtype=bool),  # bool even for zero rows
             f"series id {policy.series_column!r} is missing",
         )
     if policy.time_column is not None:
