@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 MODES: dict[int, str] = {1: "L", 3: "RGB"}
+# Decoders Pillow may use. Without a list it tries every plugin it has, EPS among them, whose
+# load() runs Ghostscript on the file where Ghostscript is installed: untrusted bytes should
+# reach only the plain raster decoders.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 # Refuse images above this many pixels before decoding them (decompression bombs: a small file
 # that expands to gigabytes). 50 megapixels is far above any camera frame a monitor would score.
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -67,7 +71,7 @@ def decode_image(
             # Our own pixel limit below replaces Pillow's global one (which only warns up to
             # twice its limit); a bomb above Pillow's hard limit is an error caught here too.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
                 width, height = img.size  # read from the header, nothing decoded yet
                 if width * height > max_pixels:
                     raise ImageDecodeError(
@@ -318,7 +322,7 @@ def probe_image_size(
         )
     for blob in blobs:
         try:
-            with Image.open(io.BytesIO(blob)) as img:
+            with Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS) as img:
                 return img.size[1], img.size[0]
         except (OSError, UnidentifiedImageError):
             continue
