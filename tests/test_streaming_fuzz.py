@@ -1,4 +1,7 @@
-"""Property: streaming a random Parquet file either accounts for every row or raises a named error.
+"""Property: streaming random Parquet files accounts for every row or raises a named error.
+
+Every row of every file is scored, rejected with a reason, or in a file quarantined whole (listed
+with its reason and row count); when a named error is raised instead, no output is left.
 
 Random frames (every column kind Parquet stores, NaN and infinities, zero rows, missing and extra
 columns, non-ASCII names) are written to a real Parquet file and scored with
@@ -146,9 +149,16 @@ def test_streaming_accounts_for_every_row_or_raises_a_named_error(
             left = sorted(p.name for p in out_dir.rglob("*")) if out_dir.exists() else []
             assert left == [], f"files left behind after {error!r}: {left}"
             return
-        n = sum(pq.read_metadata(f).num_rows for f in files)
-        assert n == len(table) + (0 if second is None else len(second))
-        assert result.n_scored + result.n_rejected == n == result.n_rows
+        rows = {str(f): pq.read_metadata(f).num_rows for f in files}
+        assert sum(rows.values()) == len(table) + (0 if second is None else len(second))
+        # A file set aside whole is listed with its reason and row count; the rest is scored.
+        set_aside = {q.source_file: q for q in result.quarantined}
+        assert all(q.reason.strip() and q.rows == rows[name] for name, q in set_aside.items())
+        listed = pq.read_table(result.quarantine).to_pandas()
+        assert sorted(listed["source_file"]) == sorted(set_aside)
+        kept = {name: n for name, n in rows.items() if name not in set_aside}
+        assert result.n_scored + result.n_rejected == sum(kept.values()) == result.n_rows
+        assert result.n_rows + result.n_quarantined_rows == sum(rows.values())
         scored, rejected = pq.read_table(result.output), pq.read_table(result.rejects)
         assert (scored.num_rows, rejected.num_rows) == (result.n_scored, result.n_rejected)
         positions = sorted(
@@ -159,13 +169,17 @@ def test_streaming_accounts_for_every_row_or_raises_a_named_error(
                 strict=True,
             )
         )
-        expected = [(str(f), i) for f in files for i in range(pq.read_metadata(f).num_rows)]
+        expected = [(name, i) for name, n in kept.items() for i in range(n)]
         assert positions == sorted(expected)  # every row once, from the file it came from
         reasons = rejected.column("reason").to_pylist()
         assert all(isinstance(r, str) and r.strip() for r in reasons)
         scores = scored.column("anomaly_score").to_numpy()
         assert np.isfinite(scores).all()
-        assert sorted(p.name for p in out_dir.iterdir()) == ["rejects.parquet", "scored.parquet"]
-        event("scored" if result.n_scored else "nothing scored")
+        assert sorted(p.name for p in out_dir.iterdir()) == [
+            "rejects.parquet",
+            "scored.parquet",
+            "scored.quarantine.parquet",
+        ]
+        event(f"{len(set_aside)} quarantined" if set_aside else "all files scored")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
