@@ -47,6 +47,17 @@ from anomaly.training import TrainingHistory, resolve_device
 if TYPE_CHECKING:
     from anomaly.detectors import AutoencoderDetector
 
+# Every file load_detector may read; each one present must be in the manifest.
+MODEL_FILES = frozenset(
+    {
+        "detector.json",
+        "weights.safetensors",
+        "calibration.safetensors",
+        "preprocessor.skops",
+        "preprocessor.json",
+        "series_scaler.json",
+    }
+)
 FORMAT = "anomaly-detector"
 FORMAT_VERSION = 1
 
@@ -139,8 +150,9 @@ def _verify(directory: Path) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in manifest.items()
     ):
         raise ModelFileError(f"{manifest_path}: expected a JSON object of file name to SHA-256")
-    # Every file is covered: an emptied or partial manifest would otherwise check nothing.
-    present = {p.name for p in directory.iterdir() if p.name != "manifest.json"}
+    # Every file the loader reads is covered: an emptied or partial manifest would otherwise
+    # check nothing. Other files (a README, .DS_Store) are never read, so they are let be.
+    present = {p.name for p in directory.iterdir() if p.name in MODEL_FILES}
     if unlisted := sorted(present - set(manifest)):
         raise ModelFileError(f"{directory / unlisted[0]}: not listed in the manifest")
     for name, expected in manifest.items():

@@ -171,6 +171,15 @@ def test_manifest_that_leaves_a_file_out_is_refused(saved):
         AutoencoderDetector.load(saved)
 
 
+def test_files_the_loader_never_reads_are_let_be(saved, fitted_detector, incoming_table):
+    (saved / ".DS_Store").write_bytes(b"\x00\x01")
+    (saved / "README.txt").write_text("model for line 3")
+    loaded = AutoencoderDetector.load(saved)
+    np.testing.assert_array_equal(
+        loaded.score_samples(incoming_table), fitted_detector.score_samples(incoming_table)
+    )
+
+
 def test_manifest_entry_outside_the_model_directory_is_refused(saved, tmp_path):
     outside = tmp_path / "elsewhere.txt"
     outside.write_text("x")
