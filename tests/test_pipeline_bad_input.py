@@ -188,8 +188,13 @@ def check_run(result, folder: Path, out: Path, bad_name: str, case: Case) -> pd.
     assert rejected["reason"].str.len().gt(0).all()
     # The good file is always scored whole.
     assert scored["source_file"].str.endswith("good.parquet").sum() == GOOD_ROWS
-    # No temporary files or half outputs left behind.
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    # No temporary files or half outputs left behind (only the outputs' empty lock files).
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "scores.parquet",
+        "scores.quarantine.parquet",
+        "scores.rejects.parquet",
+    ]
 
     bad_scored = scored[scored["source_file"].str.endswith(bad_name)]
     bad_rejected = rejected[rejected["source_file"].str.endswith(bad_name)]
