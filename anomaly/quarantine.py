@@ -34,7 +34,9 @@ class QuarantinedFile:
     rows: int | None = None  # rows in the file, when its footer could be read
 
     @classmethod
-    def of(cls, source: str | os.PathLike[str], exc: AnomalyError, rows: int | None = None):
+    def of(
+        cls, source: str | os.PathLike[str], exc: AnomalyError, rows: int | None = None
+    ) -> QuarantinedFile:
         """Record ``exc`` for ``source``; the reason drops the file name the message starts with."""
         name = str(source)
         reason = str(exc).removeprefix(f"{name}: ")
