@@ -403,3 +403,25 @@ def test_an_image_parquet_file_without_the_image_column_is_quarantined(tmp_path,
     assert (result.n_scored, result.n_rejected, result.n_quarantined_rows) == (3, 0, 2)
     listed = pd.read_parquet(out / "scores.quarantine.parquet")
     assert listed["reason"].str.startswith("missing column 'image'").tolist() == [True]
+
+
+def test_a_model_fitted_on_non_ascii_column_names_scores_and_writes_them(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(400, 1))
+    frame = pd.DataFrame(
+        {
+            "température_°C": base[:, 0] + 0.1 * rng.normal(size=400),
+            "débit_m³": 2 * base[:, 0] + 0.1 * rng.normal(size=400),
+            "圧力": -base[:, 0] + 0.1 * rng.normal(size=400),
+        }
+    )
+    detector = AutoencoderDetector(epochs=3, verbose=False).fit(frame)
+    broken = frame.iloc[:20].copy()
+    broken.loc[broken.index[5], "débit_m³"] = 1e4
+    (tmp_path / "in").mkdir()
+    broken.to_parquet(tmp_path / "in" / "b.parquet")
+    model = LoadedModel(detector, "ü", "1", "models:/ü/1")
+    result = score_files_to(model, str(tmp_path / "in"), tmp_path / "out" / "scores.parquet")
+    scored = pd.read_parquet(tmp_path / "out" / "scores.parquet")
+    assert result.n_scored == 20
+    assert scored.loc[5, "top_feature"] == "débit_m³" == scored.loc[5, "out_of_range"]
