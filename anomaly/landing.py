@@ -92,7 +92,7 @@ class Ledger:
 
     def record(self, file: LandingFile, entry: dict[str, Any]) -> None:
         """Add ``file`` with the details of its scoring and rewrite the ledger atomically."""
-        self.entries[file.key] = {
+        record = {
             "key": file.key,
             "name": file.name,
             "size": file.size,
@@ -100,11 +100,10 @@ class Ledger:
             "sha256": file.sha256,
             **entry,
         }
-        entry = self.entries[file.key]
         # Another landing run may have recorded files since this ledger was read: re-read under
         # the ledger's lock and add this entry, so concurrent runs never drop each other's.
         with output_lock(self.path):
-            self.entries = self._read() | {file.key: entry}
+            self.entries = self._read() | {file.key: record}
             tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
             try:
                 tmp.write_text(json.dumps({"files": list(self.entries.values())}, indent=1))

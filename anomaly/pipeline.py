@@ -153,8 +153,9 @@ def score_files_to(
     row groups over a Dask cluster (a local one unless an address is given). Either way the
     same rows and scores land in ``output`` and ``rejects`` (default beside ``output``), and
     files that cannot be scored at all are listed with the reason in
-    :func:`~anomaly.quarantine.quarantine_path_for` the output. A time-series model carries points across rows and files, so its data is scored in order
-    in memory (:func:`score_series_files`, continuing from ``context_path``) and then written.
+    :func:`~anomaly.quarantine.quarantine_path_for` the output. A time-series model carries
+    points across rows and files, so its data is scored in order in memory
+    (:func:`score_series_files`, continuing from ``context_path``) and then written.
     So is an image batch (decoded images are the unit, not Parquet record batches); with
     ``heatmaps`` its flagged images' error maps are written as PNG beside the output.
     """
@@ -176,19 +177,19 @@ def _score_files_to(
     context_path: str | os.PathLike[str] | None,
     heatmaps: bool,
 ) -> StreamResult:
-    if model.detector.window is not None:
-        batch, context = _score_series(model, data, context_path)
-        out, rej = write_outputs(batch, output, rejects_path)
+    detector = model.detector
+    if detector.window is not None or detector.model in IMAGE_MODELS:
+        context = None
+        if detector.window is not None:
+            batch, context = _score_series(model, data, context_path)
+        else:
+            batch = score_files(model, data)
+        out, rej = write_outputs(batch, output, rejects_path, heatmaps=heatmaps)
         quarantine = write_quarantine(batch.quarantined, quarantine_path_for(output))
         # The context moves on only once the outputs are in place: a run killed before this
         # leaves it as it was, so the rerun scores the same rows the same way.
         if context_path is not None and context is not None:
             write_parquet_atomic(context, context_path)
-        return StreamResult.of_batch(batch, out, rej, quarantine)
-    if model.detector.model in IMAGE_MODELS:
-        batch = score_files(model, data)
-        out, rej = write_outputs(batch, output, rejects_path, heatmaps=heatmaps)
-        quarantine = write_quarantine(batch.quarantined, quarantine_path_for(output))
         return StreamResult.of_batch(batch, out, rej, quarantine)
     args = (model.detector, data, output, rejects_path, model.name, model.version)
     if dask or dask_address:

@@ -147,8 +147,9 @@ def score_rows(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFra
     detector._check_fitted()
     detector.schema_.validate(frame, require_keys=detector.window is not None)
     if detector.window is not None:
-        return _score_series_frame(detector, frame, None, None)[0]
-    rows = score_row_arrays(detector, frame)
+        rows, _ = _series_row_arrays(detector, frame, None, None)
+    else:
+        rows = score_row_arrays(detector, frame)
     ok, n = rows.ok, len(frame)
 
     def spread(values: np.ndarray, fill: Any, dtype: Any) -> np.ndarray:
@@ -196,37 +197,6 @@ def _series_row_arrays(
         out_of_range=detector.schema_.out_of_range(frame[ok]),
     )
     return rows, layout.counts
-
-
-def _score_series_frame(
-    detector: AutoencoderDetector,
-    frame: pd.DataFrame,
-    context: pd.DataFrame | None,
-    source: str | None,
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    values, reasons, layout = detector._series_rows(frame, context, source)
-    ok = reasons == ""
-    scores = values[ok, 0].astype(np.float64)
-    top, share = top_contributors(values[ok, 1:], detector.schema_.feature_names)
-    out = pd.DataFrame(index=frame.index)
-    out["anomaly_score"] = values[:, 0].astype(np.float64)
-    p_values = np.full(len(frame), np.nan)
-    p_values[ok] = detector.thresholder_.p_values(scores)
-    out["p_value"] = p_values
-    flagged = np.zeros(len(frame), dtype=bool)
-    flagged[ok] = detector.thresholder_.predict(scores)
-    out["is_anomaly"] = flagged
-    top_all = np.full(len(frame), None, dtype=object)
-    top_all[ok] = top
-    out["top_feature"] = pd.Series(top_all, index=frame.index, dtype="string")
-    share_all = np.full(len(frame), np.nan)
-    share_all[ok] = share
-    out["top_feature_share"] = share_all
-    out_of_range = np.full(len(frame), None, dtype=object)
-    out_of_range[ok] = detector.schema_.out_of_range(frame[ok])
-    out["out_of_range"] = pd.Series(out_of_range, index=frame.index, dtype="string")
-    out["reject_reason"] = pd.Series(reasons, index=frame.index, dtype="string")
-    return out, layout.counts
 
 
 def duplicate_rows(

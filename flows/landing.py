@@ -108,7 +108,7 @@ def landing_flow(
             run.failed.append(f"{file.name}: {state.message}")
             continue
         result: FileResult = state.result()
-        if result.quarantined is not None or result.report is None:
+        if result.report is None:  # quarantined, with the reason in result.quarantined
             run.quarantined.append(f"{file.name}: {result.quarantined}")
             continue
         run.scored.append(result.summary())

@@ -144,3 +144,21 @@ def test_series_models_need_a_window():
         AutoencoderDetector(model="lstm_seq2seq").fit(np.zeros((100, 2)))
     with pytest.raises(ValueError, match="point_reduction"):
         AutoencoderDetector(window=10, point_reduction="median").fit(np.zeros((100, 2)))
+
+
+def test_score_rows_for_a_series_is_aligned_with_score_frame(conv_detector, incoming_series):
+    from anomaly.scoring import score_rows
+
+    frame = pd.concat([incoming_series.iloc[:300], incoming_series.iloc[[10]]])  # one duplicate
+    rows = score_rows(conv_detector, frame)
+    batch = score_frame(conv_detector, frame)
+    assert len(rows) == len(frame) and rows.index.equals(frame.index)
+    scored_at = batch.scored["source_row"].to_numpy()
+    np.testing.assert_array_equal(
+        rows["anomaly_score"].to_numpy()[scored_at], batch.scored["anomaly_score"].to_numpy()
+    )
+    assert rows["top_feature"].iloc[scored_at].tolist() == batch.scored["top_feature"].tolist()
+    rejected_at = batch.rejected["source_row"].to_numpy()
+    assert rows["reject_reason"].iloc[rejected_at].tolist() == batch.rejected["reason"].tolist()
+    assert rows["anomaly_score"].iloc[rejected_at].isna().all()
+    assert not rows["is_anomaly"].iloc[rejected_at].any()
