@@ -18,7 +18,13 @@ from torch import nn
 
 from anomaly.data.images import MODES, as_image_array
 from anomaly.errors import CalibrationError
-from anomaly.models import ConvAutoencoder, ConvConfig, Objective, elementwise_error
+from anomaly.models import (
+    IMAGE_MODELS,
+    ConvAutoencoder,
+    ConvConfig,
+    Objective,
+    elementwise_error,
+)
 from anomaly.scoring import reduce_errors
 from anomaly.thresholds import QuantileThreshold, min_calibration_size
 from anomaly.training import (
@@ -31,7 +37,6 @@ from anomaly.training import (
 
 logger = logging.getLogger(__name__)
 
-IMAGE_MODELS: tuple[str, ...] = ("conv",)
 DEFAULT_CONV_CHANNELS = (32, 64)
 DEFAULT_CONV_LATENT = 32
 

@@ -38,8 +38,7 @@ from anomaly.data.parquet import file_sha256
 from anomaly.data.schema import TableSchema
 from anomaly.data.series import SeriesPolicy
 from anomaly.errors import ModelFileError
-from anomaly.image_detector import IMAGE_MODELS
-from anomaly.models import Objective
+from anomaly.models import IMAGE_MODELS, Objective
 from anomaly.preprocessing import SeriesScaler, TabularPreprocessor
 from anomaly.thresholds import threshold_from_dict
 from anomaly.training import TrainingHistory, resolve_device

@@ -22,7 +22,7 @@ from anomaly.data.schema import OUTPUT_COLUMNS
 from anomaly.data.series import list_series_files, read_series, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
 from anomaly.errors import DataFileError, SchemaError
-from anomaly.image_detector import IMAGE_MODELS
+from anomaly.models import IMAGE_MODELS
 from anomaly.monitoring import GateResult
 from anomaly.plots import heatmap_rgb
 from anomaly.quarantine import QuarantinedFile, quarantine_path_for, write_quarantine

@@ -12,7 +12,11 @@ from anomaly.models.noise import NoiseName, corrupt
 from anomaly.models.outputs import Reconstruction
 from anomaly.models.ssim import ssim, ssim_map
 
+# Network families that take images (n, C, H, W); every other family takes rows or windows.
+IMAGE_MODELS: tuple[str, ...] = ("conv",)
+
 __all__ = [
+    "IMAGE_MODELS",
     "AutoencoderEnsemble",
     "ConvAutoencoder",
     "ConvConfig",

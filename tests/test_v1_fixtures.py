@@ -1,0 +1,142 @@
+"""Models saved in format v1 by the code before the core rebuild load and score exactly as then.
+
+The fixtures (``tests/fixtures/v1``, written by ``make_fixtures.py`` there) hold one small model
+of each data kind, its inputs, and the outputs the code of the time produced: arrays from the
+detector's methods and the files ``score_files_to`` wrote. Equality is exact, bit for bit.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from anomaly import AutoencoderDetector
+from anomaly.pipeline import context_path_for, score_files_to
+from anomaly.tracking import LoadedModel
+
+FIXTURES = Path(__file__).parent / "fixtures" / "v1"
+
+
+def _load(kind: str) -> AutoencoderDetector:
+    return AutoencoderDetector.load(FIXTURES / kind / "model", device="cpu")
+
+
+def _model(detector: AutoencoderDetector, name: str) -> LoadedModel:
+    return LoadedModel(detector=detector, name=name, version="1", model_uri=f"models:/{name}/1")
+
+
+def _same_arrays(expected: np.lib.npyio.NpzFile, **actual: np.ndarray) -> None:
+    assert sorted(expected.files) == sorted(actual)
+    for name, value in actual.items():
+        want, got = expected[name], np.asarray(value)
+        assert got.shape == want.shape, name
+        assert got.dtype == want.dtype, name
+        assert np.array_equal(got, want, equal_nan=got.dtype.kind == "f"), name
+
+
+def _table(path: Path) -> pa.Table:
+    """A written output, with ``source_file`` reduced to the file name (the fixtures moved)."""
+    table = pq.read_table(path)
+    if "source_file" in table.column_names:
+        i = table.column_names.index("source_file")
+        names = pa.array([None if v is None else Path(v).name for v in table[i].to_pylist()])
+        table = table.set_column(i, table.schema.field(i), names.cast(table.schema.field(i).type))
+    return table.replace_schema_metadata(None)
+
+
+def _same_outputs(expected: Path, actual: Path) -> None:
+    for suffix in (".parquet", ".rejects.parquet", ".quarantine.parquet"):
+        want = _table(expected.with_name(expected.stem + suffix))
+        got = _table(actual.with_name(actual.stem + suffix))
+        assert got.schema.equals(want.schema), (suffix, got.schema, want.schema)
+        assert got.equals(want), suffix
+
+
+def test_tabular_v1_model_scores_as_before(tmp_path):
+    root = FIXTURES / "tabular"
+    detector = _load("tabular")
+    incoming = pd.read_parquet(root / "incoming" / "batch.parquet")
+    good = incoming.drop(index=[3, 17])
+    with np.load(root / "expected_arrays.npz", allow_pickle=False) as expected:
+        _same_arrays(
+            expected,
+            score_samples=detector.score_samples(good),
+            p_values=detector.p_values(good),
+            predict=detector.predict(good),
+            feature_errors=detector.feature_errors(good).to_numpy(),
+            latent=detector.latent(good),
+        )
+    out = tmp_path / "out.parquet"
+    score_files_to(_model(detector, "v1-tabular"), str(root / "incoming"), out)
+    _same_outputs(root / "expected.parquet", out)
+
+
+def test_series_v1_model_scores_as_before_with_context(tmp_path):
+    root = FIXTURES / "series"
+    detector = _load("series")
+    first = pd.read_parquet(root / "batch1" / "part.parquet")
+    second = pd.read_parquet(root / "batch2" / "part.parquet")
+    context = detector.next_context(first)
+    with np.load(root / "expected_arrays.npz", allow_pickle=False) as expected:
+        _same_arrays(
+            expected,
+            score_samples_first=detector.score_samples(first.iloc[30:]),
+            score_samples_second=detector.score_samples(second, context=context),
+            feature_errors_second=detector.feature_errors(second, context=context).to_numpy(),
+            latent_second=detector.latent(second, context=context),
+            context_second=detector.next_context(second, context)
+            .to_numpy(dtype=object)
+            .astype(str),
+        )
+    model = _model(detector, "v1-series")
+    context_path = context_path_for(tmp_path / "out.parquet", "v1-series")
+    for n in (1, 2):
+        out = tmp_path / f"out{n}.parquet"
+        score_files_to(model, str(root / f"batch{n}"), out, context_path=context_path)
+        _same_outputs(root / f"expected{n}.parquet", out)
+    assert _table(context_path).equals(_table(root / "expected_context.parquet"))
+
+
+def test_image_v1_model_scores_as_before(tmp_path):
+    root = FIXTURES / "images"
+    detector = _load("images")
+    folder = tmp_path / "incoming"
+    shutil.copytree(root / "incoming", folder)
+    test = np.load(root / "test.npy", allow_pickle=False)
+    with np.load(root / "expected_arrays.npz", allow_pickle=False) as expected:
+        _same_arrays(
+            expected,
+            score_samples=detector.score_samples(test),
+            error_maps=detector.error_maps(test),
+            reconstruct=detector.reconstruct(test),
+            latent=detector.latent(test),
+        )
+    out = tmp_path / "out.parquet"
+    score_files_to(_model(detector, "v1-images"), str(folder), out)
+    for suffix in (".parquet", ".rejects.parquet", ".quarantine.parquet"):
+        got = _table(out.with_name(out.stem + suffix))
+        want = _table(root / f"expected{suffix}")
+        if "path" in got.column_names:  # image paths name the folder they were read from
+            got = got.set_column(
+                got.column_names.index("path"),
+                "path",
+                pa.array([Path(p).name for p in got["path"].to_pylist()]),
+            )
+            want = want.set_column(
+                want.column_names.index("path"),
+                "path",
+                pa.array([Path(p).name for p in want["path"].to_pylist()]),
+            )
+        assert got.equals(want), suffix
+
+
+@pytest.mark.parametrize("kind", ["tabular", "series", "images"])
+def test_v1_fixture_manifest_is_intact(kind):
+    """The fixture models are the reference: a change to them must be deliberate."""
+    AutoencoderDetector.load(FIXTURES / kind / "model", device="cpu")
