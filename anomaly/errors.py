@@ -54,6 +54,10 @@ def _data_file_error(message: str, source: str | None) -> DataFileError:
     return DataFileError(message, source=source)
 
 
+class OutputPathError(AnomalyError, ValueError):
+    """An output path would overwrite an input, or another output of the same run."""
+
+
 class ModelFileError(AnomalyError, OSError):
     """A saved model is missing files, truncated, tampered with or of an unknown format."""
 

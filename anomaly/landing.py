@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly.data.parquet import file_sha256, list_parquet_files, output_lock
+from anomaly.data.paths import check_output_paths
 from anomaly.errors import DataFileError
 from anomaly.monitoring import AlertSettings, BatchReport, monitor_batch
 from anomaly.pipeline import score_files, write_outputs
@@ -197,6 +198,7 @@ def score_landing_file(
     """
     ledger = Ledger(output_dir)
     out, rej = output_paths(output_dir, file)
+    check_output_paths(file.path, {"output": out, "rejects": rej})
     with output_lock(out, rej):
         batch = score_files(model, str(file.path))
         if batch.quarantined:

@@ -18,6 +18,7 @@ from anomaly.data.parquet import (
     read_table,
     write_parquet_atomic,
 )
+from anomaly.data.paths import check_output_paths, mark_output_folder
 from anomaly.data.schema import OUTPUT_COLUMNS
 from anomaly.data.series import list_series_files, read_series, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
@@ -160,6 +161,16 @@ def score_files_to(
     ``heatmaps`` its flagged images' error maps are written as PNG beside the output.
     """
     rejects_path = Path(rejects) if rejects is not None else rejects_path_for(output)
+    check_output_paths(
+        data,
+        {
+            "output": output,
+            "rejects": rejects_path,
+            "quarantine list": quarantine_path_for(output),
+            "context": context_path,
+        },
+        {"heat-map": heatmaps_dir_for(output) if heatmaps else None},
+    )
     # One run at a time per output; temporaries of a killed earlier run go before this one writes.
     with output_lock(output, rejects_path, quarantine_path_for(output), context_path):
         return _score_files_to(
@@ -189,7 +200,7 @@ def _score_files_to(
         # The context moves on only once the outputs are in place: a run killed before this
         # leaves it as it was, so the rerun scores the same rows the same way.
         if context_path is not None and context is not None:
-            write_parquet_atomic(context, context_path)
+            write_parquet_atomic(context, context_path, role="context")
         return StreamResult.of_batch(batch, out, rej, quarantine)
     args = (model.detector, data, output, rejects_path, model.name, model.version)
     if dask or dask_address:
@@ -298,7 +309,7 @@ def score_series_files(
     """
     batch, context = _score_series(model, data, context_path)
     if context_path is not None and context is not None:
-        write_parquet_atomic(context, context_path)
+        write_parquet_atomic(context, context_path, role="context")
     return batch
 
 
@@ -364,6 +375,7 @@ def write_heatmaps(batch: ScoredBatch, directory: str | os.PathLike[str]) -> pd.
     review = batch.images
     if review is None or not len(review.flagged_rows):
         return paths
+    mark_output_folder(directory)
     vmax = float(np.max(review.flagged_error_maps))
     for row, error_map in zip(review.flagged_rows, review.flagged_error_maps, strict=True):
         path = write_png_atomic(heatmap_rgb(error_map, vmax), Path(directory) / f"{row:06d}.png")
@@ -391,8 +403,8 @@ def write_outputs(
     if heatmaps and batch.images is not None:
         scored = scored.assign(heatmap=write_heatmaps(batch, heatmaps_dir_for(output)))
     # The scored output lands last: once it exists, its rejects file is complete beside it.
-    rej = write_parquet_atomic(batch.rejected, rejects_path)
-    return write_parquet_atomic(scored, output), rej
+    rej = write_parquet_atomic(batch.rejected, rejects_path, role="rejects")
+    return write_parquet_atomic(scored, output, role="scored"), rej
 
 
 @dataclass(frozen=True)

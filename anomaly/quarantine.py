@@ -70,4 +70,4 @@ def quarantine_frame(files: Sequence[QuarantinedFile]) -> pd.DataFrame:
 
 def write_quarantine(files: Sequence[QuarantinedFile], path: str | os.PathLike[str]) -> Path:
     """Write the list atomically; an empty list is written too, so a rerun replaces a stale one."""
-    return write_parquet_atomic(quarantine_frame(files), path)
+    return write_parquet_atomic(quarantine_frame(files), path, role="quarantine list")

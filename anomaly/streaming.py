@@ -34,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from anomaly.data.keys import KeyIndex
 from anomaly.data.parquet import list_parquet_files
+from anomaly.data.paths import mark_output_schema
 from anomaly.data.schema import _NUMERIC_DTYPE_NAMES, ColumnSpec
 from anomaly.errors import AnomalyError, DataFileError, SchemaError
 from anomaly.quarantine import (
@@ -347,12 +348,20 @@ def conform(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
 class _ParquetSink:
     """One output file written batch by batch to a hidden temporary file, renamed on commit."""
 
-    def __init__(self, path: Path, schema: pa.Schema, use_dictionary: bool | list[str] = True):
+    def __init__(
+        self,
+        path: Path,
+        schema: pa.Schema,
+        role: str,
+        use_dictionary: bool | list[str] = True,
+    ):
         self.path = path
         self.schema = schema
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        self.writer = pq.ParquetWriter(self.tmp, schema, use_dictionary=use_dictionary)
+        self.writer = pq.ParquetWriter(
+            self.tmp, mark_output_schema(schema, role), use_dictionary=use_dictionary
+        )
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
@@ -482,8 +491,8 @@ class ScoredWriter:
         # Dictionary-encode only the repetitive text columns: trying it on the float score
         # columns (always unique) doubled the writing time of the scored file.
         text = [f.name for f in scored_schema if pa.types.is_string(f.type)]
-        self.scored = _ParquetSink(output, scored_schema, use_dictionary=text)
-        self.rejects = _ParquetSink(rejects, rejects_schema)
+        self.scored = _ParquetSink(output, scored_schema, "scored", use_dictionary=text)
+        self.rejects = _ParquetSink(rejects, rejects_schema, "rejects")
         self.n_scored = self.n_rejected = self.n_flagged = 0
         self.sample = _ScoreSample(SCORE_SAMPLE_SIZE)
         # Duplicate keys are found here, where every file's scored rows pass in order, so a

@@ -63,6 +63,12 @@ def _nan_inf(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _duplicated_column(path: Path, frame: pd.DataFrame) -> None:
+    # pandas refuses to write this; other tools do not: one name for two columns.
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table.append_column("power", pa.array(np.zeros(len(frame)))), path)
+
+
 def _duplicate_keys(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame, frame.iloc[[4]]], ignore_index=True)
 
@@ -79,6 +85,12 @@ TABLE_CASES = [
         lambda d, f: f.drop(columns="reading_id").to_parquet(d / "bad.parquet"),
         "quarantined",
         "missing key column 'reading_id'",
+    ),
+    Case(
+        "duplicated column name",
+        lambda d, f: _duplicated_column(d / "bad.parquet", f),
+        "quarantined",
+        "column name 'power' appears 2 times",
     ),
     Case(
         "extra columns",

@@ -12,7 +12,6 @@ rest of the batch goes on.
 
 from __future__ import annotations
 
-import glob
 import io
 import logging
 import os
@@ -27,6 +26,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
+from anomaly.data.paths import PARQUET_SUFFIXES, list_inputs
 from anomaly.errors import DataFileError, SchemaError
 from anomaly.quarantine import QuarantinedFile
 
@@ -169,19 +169,11 @@ def list_image_sources(source: str | os.PathLike[str]) -> tuple[str, list[Path]]
         If nothing matches, or if Parquet and image files are mixed.
     """
     text = os.fspath(source)
-    path = Path(text)
-    if path.is_dir():
-        candidates = [p for p in path.rglob("*") if p.is_file()]
-    elif path.is_file():
-        candidates = [path]
-    elif glob.has_magic(text):
-        candidates = [Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()]
-    else:
-        raise DataFileError(
-            f"{text}: no such file or directory (expected an image folder, an image, a Parquet file or a glob)"
-        )
+    listing = list_inputs(source, (*IMAGE_SUFFIXES, *PARQUET_SUFFIXES))
+    listing.log_skipped(text)
+    candidates = list(listing.files)
     images = sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES)
-    tables = sorted(p for p in candidates if p.suffix.lower() == ".parquet")
+    tables = sorted(p for p in candidates if p.suffix.lower() in PARQUET_SUFFIXES)
     if images and tables:
         raise DataFileError(
             f"{text}: mixes image files ({images[0]}) and Parquet files ({tables[0]}); give one kind"

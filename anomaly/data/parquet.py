@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
+from anomaly.data.paths import PARQUET_SUFFIXES, list_inputs, mark_output
 from anomaly.errors import DataFileError
 
 logger = logging.getLogger(__name__)
@@ -24,26 +25,22 @@ logger = logging.getLogger(__name__)
 def list_parquet_files(source: str | os.PathLike[str]) -> list[Path]:
     """Expand a Parquet file, a directory (searched recursively) or a glob into sorted file paths.
 
+    Entries passed over (see :func:`anomaly.data.paths.list_inputs`: hidden temporaries,
+    dangling links, a second link to one file, outputs of earlier runs) are logged with their
+    reason. ``.parquet``, ``.parq`` and ``.pq`` in any case count as Parquet.
+
     Raises
     ------
     DataFileError
         If nothing matches, naming the source.
     """
-    text = os.fspath(source)
-    path = Path(text)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
-    elif path.is_file():
-        files = [path]
-    elif glob.has_magic(text):
-        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
-    else:
+    listing = list_inputs(source, PARQUET_SUFFIXES)
+    listing.log_skipped(os.fspath(source))
+    if not listing.files:
         raise DataFileError(
-            f"{text}: no such file or directory (expected a Parquet file, a directory or a glob)"
+            f"{os.fspath(source)}: no Parquet files found (looked for {', '.join(PARQUET_SUFFIXES)})"
         )
-    if not files:
-        raise DataFileError(f"{text}: no Parquet files found (looked for *.parquet)")
-    return files
+    return list(listing.files)
 
 
 def _read_one(path: Path) -> pa.Table:
@@ -87,16 +84,21 @@ def read_table(source: str | os.PathLike[str]) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+def write_parquet_atomic(
+    frame: pd.DataFrame, path: str | os.PathLike[str], role: str | None = None
+) -> Path:
     """Write ``frame`` to ``path`` through a temporary file in the same directory, then rename.
 
     Readers never see a half-written file, and a crash leaves at most a hidden temporary file.
+    ``role`` marks the file as a run's output of that role (see :mod:`anomaly.data.paths`), so
+    input listings of later runs pass over it.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        pq.write_table(table if role is None else mark_output(table, role), tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)

@@ -229,7 +229,18 @@ class TableSchema:
         SchemaError
             Naming the first offending column, the type expected and the type found.
         """
-        present = set(map(str, frame.columns))
+        names = list(map(str, frame.columns))
+        present = set(names)
+        if len(present) != len(names):
+            # Parquet allows it and pandas reads it, but a column name would then stand for two
+            # columns: which one holds the feature cannot be told, so the file is refused whole.
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            raise SchemaError(
+                f"column name '{repeated[0]}' appears {names.count(repeated[0])} times; each "
+                "column needs a name of its own",
+                column=repeated[0],
+                source=source,
+            )
         wanted = [*self.keys] if require_keys else []
         for key in wanted:
             if key not in present:

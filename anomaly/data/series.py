@@ -17,7 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from anomaly.data.parquet import list_parquet_files, read_table
+from anomaly.data.parquet import read_table
+from anomaly.data.paths import PARQUET_SUFFIXES, list_inputs
 from anomaly.errors import DataFileError, SchemaError
 
 logger = logging.getLogger(__name__)
@@ -33,22 +34,18 @@ SINGLE_SERIES = ""
 
 # ---------------------------------------------------------------------------------------- reading
 def list_series_files(source: str | os.PathLike[str]) -> list[Path]:
-    """A Parquet or CSV file, or every ``*.parquet`` / ``*.csv`` under a directory, sorted."""
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".parquet", ".csv"))
-        if not files:
-            raise DataFileError(f"{path}: no Parquet or CSV files found")
-        return files
-    if path.is_file() and path.suffix == ".csv":
-        return [path]
-    return list_parquet_files(source)
+    """A Parquet or CSV file, or every Parquet / CSV file under a directory or a glob, sorted."""
+    listing = list_inputs(source, (*PARQUET_SUFFIXES, ".csv"))
+    listing.log_skipped(os.fspath(source))
+    if not listing.files:
+        raise DataFileError(f"{os.fspath(source)}: no Parquet or CSV files found")
+    return list(listing.files)
 
 
 def read_series_file(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read one Parquet or CSV file (CSV separator detected: ``,`` ``;`` or tab)."""
     path = Path(path)
-    if path.suffix != ".csv":
+    if path.suffix.lower() != ".csv":
         return read_table(path)
     try:
         with open(path, encoding="utf-8") as fh:
