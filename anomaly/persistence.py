@@ -38,6 +38,7 @@ from anomaly.data.parquet import file_sha256
 from anomaly.data.schema import TableSchema
 from anomaly.data.series import SeriesPolicy
 from anomaly.errors import ModelFileError
+from anomaly.integrity import sign_manifest, verify_signature
 from anomaly.models import IMAGE_MODELS, Objective
 from anomaly.preprocessing import SeriesScaler, TabularPreprocessor
 from anomaly.thresholds import threshold_from_dict
@@ -113,6 +114,7 @@ def save_detector(detector: AutoencoderDetector, path: str | os.PathLike[str]) -
         (tmp / "detector.json").write_text(json.dumps(config, indent=2))
         manifest = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        sign_manifest(tmp)
         # A directory cannot be renamed over a non-empty one: move the old model aside first,
         # and put it back if the new one cannot take its place.
         old = None
@@ -140,6 +142,7 @@ def save_detector(detector: AutoencoderDetector, path: str | os.PathLike[str]) -
 def _verify(directory: Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise ModelFileError(f"{directory}: not a saved detector directory")
+    verify_signature(directory)
     manifest_path = directory / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from anomaly import plots
 from anomaly.data.schema import invalid_row_reasons
 from anomaly.errors import ModelFileError, ModelNotFoundError
+from anomaly.integrity import MANIFEST_TAG, manifest_digest, verify_digest
 
 if TYPE_CHECKING:
     from anomaly.data.images import ImageBatch
@@ -245,6 +246,7 @@ def log_training_run(
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "detector"
             detector.save(saved)
+            digest = manifest_digest(saved)
             signature = None
             if example is not None:
                 from anomaly.scoring import score_rows
@@ -271,6 +273,7 @@ def log_training_run(
             "data_digest": frame_digest(training_frame),
             "validation_loss": f"{min(history.val_loss):.6g}" if history.val_loss else "",
             "run_id": run.info.run_id,
+            MANIFEST_TAG: digest,
         }.items():
             client.set_model_version_tag(config.registered_model_name, version, key, value)
     model_uri = f"models:/{config.registered_model_name}/{version}"
@@ -525,7 +528,19 @@ def load_registered_detector(
             raise ModelFileError(
                 f"{exact}: no detector files in the model artifact (expected artifacts/detector)"
             )
+        tags = MlflowClient().get_model_version(name, version).tags
+        if MANIFEST_TAG in tags:
+            verify_digest(detector_dir, tags[MANIFEST_TAG], exact)
+        else:
+            logger.warning("%s: no manifest digest recorded (registered before v0.1.1)", exact)
         detector = AutoencoderDetector.load(detector_dir, device=device)
+    # The version's recorded threshold is what reviewers approved; a model whose files say
+    # otherwise was changed after registration, whatever its manifest says.
+    if "threshold" in tags and f"{detector.threshold_:.6g}" != tags["threshold"]:
+        raise ModelFileError(
+            f"{exact}: threshold {detector.threshold_:.6g} differs from the {tags['threshold']} "
+            "recorded on the version; refusing to load"
+        )
     return LoadedModel(detector, name, version, exact)
 
 
@@ -771,6 +786,7 @@ def register_threshold_change(
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "detector"
             detector.save(saved)
+            digest = manifest_digest(saved)
             logged = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(_PYFUNC_ENTRY),
@@ -793,6 +809,7 @@ def register_threshold_change(
         "threshold_changed_from": f"{source.model_uri} ({old.threshold_:.6g}, q={old.q:g})",
         "threshold_changed_by": who,
         "threshold_change_reason": reason,
+        MANIFEST_TAG: digest,
     }.items():
         client.set_model_version_tag(source.name, version, key, value)
     if alias:

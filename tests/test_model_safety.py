@@ -67,3 +67,71 @@ def test_logged_model_has_no_pickle_and_only_pyfunc_runs_its_code(
     mlflow.set_tracking_uri(tracking_config.tracking_uri)
     mlflow.pyfunc.load_model(registered.model_uri)
     assert marker.read_text() == "ran"
+
+
+def _rewrite_manifest(detector_dir):
+    """What a tamperer who knows the format does: recompute every checksum after an edit."""
+    import json
+
+    from anomaly.data.parquet import file_sha256
+
+    names = [p.name for p in sorted(detector_dir.iterdir()) if p.name != "manifest.json"]
+    manifest = {name: file_sha256(detector_dir / name) for name in names}
+    (detector_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _edit_weights(detector_dir):
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(detector_dir / "weights.safetensors"))
+    save_file({k: v * 0 + 1 for k, v in weights.items()}, str(detector_dir / "weights.safetensors"))
+
+
+def _fixed_threshold(detector_dir):
+    import json
+
+    config = json.loads((detector_dir / "detector.json").read_text())
+    config["threshold"] = {**config["threshold"], "kind": "fixed", "threshold": 1e9}
+    (detector_dir / "detector.json").write_text(json.dumps(config))
+
+
+def _scaled_calibration(detector_dir):
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    from anomaly.thresholds import threshold_from_dict
+
+    scores = load_file(str(detector_dir / "calibration.safetensors"))["scores"] * 1000
+    save_file({"scores": scores}, str(detector_dir / "calibration.safetensors"))
+    config = json.loads((detector_dir / "detector.json").read_text())
+    config["threshold"]["threshold"] = (
+        threshold_from_dict(config["threshold"]).fit(scores).threshold_
+    )
+    (detector_dir / "detector.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [_edit_weights, _fixed_threshold, _scaled_calibration],
+    ids=["weights edited", "fixed threshold of 1e9", "calibration x1000, threshold recomputed"],
+)
+def test_tampering_with_the_manifest_rewritten_is_refused(registered, tracking_config, tamper):
+    from anomaly import AutoencoderDetector
+
+    (model_dir,) = _logged_model_dirs(tracking_config)
+    detector_dir = model_dir / "artifacts" / "detector"
+    tamper(detector_dir)
+    _rewrite_manifest(detector_dir)
+    AutoencoderDetector.load(detector_dir)  # the checksums alone no longer tell
+    with pytest.raises(ModelFileError, match=r"models:/test-detector/1: model files differ"):
+        load_registered_detector(registered.model_uri, tracking_config)
+
+
+def test_the_registered_threshold_is_checked_against_the_model(registered, tracking_config):
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_config.tracking_uri)
+    MlflowClient().set_model_version_tag("test-detector", "1", "threshold", "123")
+    with pytest.raises(ModelFileError, match="differs from the 123 recorded on the version"):
+        load_registered_detector(registered.model_uri, tracking_config)
