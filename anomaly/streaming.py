@@ -60,7 +60,13 @@ SCORE_SAMPLE_SIZE = 200_000
 
 # Stream column chunks through a 1 MiB buffer instead of pre-buffering whole row groups: on a
 # file with 1 Mi-row groups this reads as fast and holds a quarter of the memory.
-READ_OPTIONS: dict[str, Any] = {"pre_buffer": False, "buffer_size": 1 << 20}
+# Page checksums are verified where the writer stored them (a corrupt page is then an error
+# naming the file, not wrong numbers).
+READ_OPTIONS: dict[str, Any] = {
+    "pre_buffer": False,
+    "buffer_size": 1 << 20,
+    "page_checksum_verification": True,
+}
 
 _T = TypeVar("_T")
 
@@ -77,13 +83,40 @@ class ParquetSource:
     # schema check: it is done once, not per batch. (False where a column of another type is
     # accepted only while all null, which depends on each batch's values.)
     types_fit: bool = False
+    # (size, mtime_ns) when planned: a file replaced before it is read is caught, not mixed in.
+    stat: tuple[int, int] = (0, 0)
+
+    def check_unchanged(self) -> None:
+        """Refuse the file if it changed since it was planned (its rows would not add up)."""
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            raise DataFileError(
+                f"{self.path}: gone before it was read ({exc})", source=str(self.path)
+            ) from exc
+        if self.stat != (0, 0) and (st.st_size, st.st_mtime_ns) != self.stat:
+            raise DataFileError(
+                f"{self.path}: changed while the run was under way (size {self.stat[0]} -> "
+                f"{st.st_size} bytes); score it again once it is complete",
+                source=str(self.path),
+            )
 
 
 def _input_schema(schema: pa.Schema) -> pa.Schema:
-    """The columns a user sees: without pandas index columns and without pandas metadata."""
+    """The columns a user sees: without pandas index columns and without pandas metadata.
+
+    Dictionary-encoded columns count as their values' type: encoding is a writer's choice
+    (pandas categoricals, Spark, DuckDB), so such a file must fit beside one written plainly.
+    """
     meta = schema.pandas_metadata or {}
     hidden = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
-    return pa.schema([f for f in schema if f.name not in hidden])
+    return pa.schema(
+        [
+            f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+            for f in schema
+            if f.name not in hidden
+        ]
+    )
 
 
 def plan_sources(
@@ -108,6 +141,7 @@ def plan_sources(
         rows = None
         try:
             try:
+                st = path.stat()
                 meta = pq.ParquetFile(path).metadata
                 schema = _input_schema(meta.schema.to_arrow_schema())
             except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
@@ -133,6 +167,7 @@ def plan_sources(
                     meta.row_group(i).num_rows for i in range(meta.num_row_groups)
                 ),
                 types_fit=types_fit,
+                stat=(st.st_size, st.st_mtime_ns),
             )
         )
     return sources, quarantined
@@ -568,12 +603,22 @@ def iter_source_batches(
     """``(source, first_row, batch)`` for every record batch of every file, in file order."""
     for source in sources:
         first_row = 0
+        source.check_unchanged()
         try:
             parquet = pq.ParquetFile(source.path, **READ_OPTIONS)
+            if parquet.metadata.num_rows != source.num_rows:
+                raise DataFileError(
+                    f"{source.path}: changed while the run was under way ({source.num_rows} "
+                    f"rows when planned, {parquet.metadata.num_rows} now); score it again once "
+                    "it is complete",
+                    source=str(source.path),
+                )
             for batch in parquet.iter_batches(batch_size=batch_rows):
                 yield source, first_row, batch
                 first_row += batch.num_rows
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            if isinstance(exc, DataFileError):
+                raise
             raise DataFileError(
                 f"{source.path}: cannot read as Parquet ({exc})", source=str(source.path)
             ) from exc
