@@ -58,6 +58,10 @@ class OutputPathError(AnomalyError, ValueError):
     """An output path would overwrite an input, or another output of the same run."""
 
 
+class OutputWriteError(AnomalyError, OSError):
+    """An output could not be written (disk full, file too large, no permission), naming it."""
+
+
 class ModelFileError(AnomalyError, OSError):
     """A saved model is missing files, truncated, tampered with or of an unknown format."""
 

@@ -33,7 +33,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from anomaly.data.keys import KeyIndex
-from anomaly.data.parquet import list_parquet_files
+from anomaly.data.parquet import list_parquet_files, output_write_error
 from anomaly.data.paths import mark_output_schema
 from anomaly.data.schema import _NUMERIC_DTYPE_NAMES, ColumnSpec
 from anomaly.errors import AnomalyError, DataFileError, SchemaError
@@ -392,21 +392,30 @@ class _ParquetSink:
     ):
         self.path = path
         self.schema = schema
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        self.writer = pq.ParquetWriter(
-            self.tmp, mark_output_schema(schema, role), use_dictionary=use_dictionary
-        )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(
+                self.tmp, mark_output_schema(schema, role), use_dictionary=use_dictionary
+            )
+        except OSError as exc:
+            raise output_write_error(path, exc) from exc
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
-            self.writer.write_table(table)
+            try:
+                self.writer.write_table(table)
+            except OSError as exc:
+                raise output_write_error(self.path, exc) from exc
 
     def commit(self) -> Path:
-        self.writer.close()
-        with open(self.tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.path)
+        try:
+            self.writer.close()
+            with open(self.tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            raise output_write_error(self.path, exc) from exc
         return self.path
 
     def abort(self) -> None:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from anomaly.data.paths import PARQUET_SUFFIXES, list_inputs, mark_output
-from anomaly.errors import DataFileError
+from anomaly.errors import DataFileError, OutputWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,10 @@ def write_parquet_atomic(
     input listings of later runs pass over it.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_write_error(target, exc) from exc
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
         table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -102,9 +105,18 @@ def write_parquet_atomic(
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        raise output_write_error(target, exc) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def output_write_error(path: str | os.PathLike[str], exc: OSError) -> OutputWriteError:
+    """An error naming the output ``path``: the OS's own message ("File too large") names none."""
+    if isinstance(exc, OutputWriteError):
+        return exc
+    return OutputWriteError(f"{path}: cannot write this output ({exc}); nothing was replaced")
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
