@@ -139,7 +139,8 @@ def list_inputs(
     files: list[Path] = []
     skipped: list[Skipped] = []
     seen: dict[Path, Path] = {}
-    for entry in entries:
+    # Files themselves before links to them: of a file and a link to it, the file is the one read.
+    for entry in sorted(entries, key=lambda e: (e.is_symlink(), e)):
         relative = entry.relative_to(root) if root is not None else Path(entry.name)
         if any(part.startswith(".") for part in relative.parts):
             skipped.append(Skipped(entry, "hidden (a temporary, lock or marker file)"))
@@ -172,7 +173,7 @@ def list_inputs(
             continue
         seen[target] = entry
         files.append(entry)
-    return Listing(tuple(files), tuple(skipped))
+    return Listing(tuple(sorted(files)), tuple(sorted(skipped, key=lambda s: s.path)))
 
 
 def _resolve(path: str | os.PathLike[str]) -> Path:
