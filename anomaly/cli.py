@@ -1,4 +1,4 @@
-"""Command line: ``anomaly train``, ``anomaly score``, ``anomaly threshold set`` and ``anomaly serve``."""
+"""Command line: ``anomaly train``, ``score``, ``log-run``, ``threshold set`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, NotLoggedError
 
 if TYPE_CHECKING:
     from anomaly.monitoring import GateResult
+    from anomaly.pipeline import ScoreResult
 
 app = typer.Typer(
     help="Train autoencoder anomaly detectors on normal data and score new batches.",
@@ -48,10 +49,16 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A busy store makes MLflow log each failed query with a full traceback at ERROR; the retries
+    # and the final "scored, not logged" say it in one line each (--verbose shows the rest).
+    if not verbose:
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 # Exit status of a scoring run that quarantined some input files (2 is a run that failed).
 PARTIAL_FAILURE_EXIT = 3
+# Exit status of a run whose outputs are complete but whose MLflow run could not be logged.
+NOT_LOGGED_EXIT = 4
 
 
 def _fail(exc: Exception, verbose: bool) -> NoReturn:
@@ -222,6 +229,12 @@ def score(
         bool,
         typer.Option(help="Images: write flagged images' error maps as PNG beside OUTPUT"),
     ] = False,
+    log_attempts: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Tries at logging the run to MLflow (a busy store), 2 s apart and doubling"
+        ),
+    ] = 3,
     tracking_config: TrackingOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -229,12 +242,15 @@ def score(
 
     Files that cannot be scored (not Parquet, truncated, a column missing) are listed in
     OUTPUT's .quarantine.parquet with the reason while the others are scored; the command
-    then exits with status 3.
+    then exits with status 3. When the outputs are complete but MLflow refuses the run after
+    retries (a locked store), it exits with status 4: log it later with `anomaly log-run OUTPUT`.
     """
+    from anomaly.pipeline import ScoreResult
     from anomaly.pipeline import score as run_score
     from anomaly.tracking import TrackingConfig
 
     _setup_logging(verbose)
+    not_logged: NotLoggedError | None = None
     try:
         tracking = TrackingConfig.load(tracking_config)
         uri = model_uri or tracking.champion_model_uri
@@ -249,9 +265,28 @@ def score(
             dask=dask,
             dask_address=dask_address,
             heatmaps=heatmaps,
+            log_attempts=log_attempts,
         )
+    except NotLoggedError as exc:
+        if not isinstance(exc.result, ScoreResult):
+            _fail(exc, verbose)
+        not_logged, result = exc, exc.result
     except Exception as exc:
         _fail(exc, verbose)
+    _print_scored(result)
+    if not_logged is not None:
+        console.print(f"[bold red]{not_logged}[/]", highlight=False)
+        raise typer.Exit(NOT_LOGGED_EXIT)
+    if result.partial:
+        console.print(
+            f"[bold yellow]partial failure:[/] {len(result.quarantined)} file(s) not scored; "
+            "the other files' outputs are complete",
+            highlight=False,
+        )
+        raise typer.Exit(PARTIAL_FAILURE_EXIT)
+
+
+def _print_scored(result: ScoreResult) -> None:
     Console().print(
         _table(
             "Scored",
@@ -266,18 +301,37 @@ def score(
                 "output": result.output,
                 "rejects": result.rejects,
                 "quarantine": result.quarantine,
+                "entries not read": len(result.skipped),
+                "MLflow run": result.run_id or "not logged",
             },
         )
     )
-    if result.partial:
-        for file, reason in result.quarantined:
-            console.print(f"[bold yellow]quarantined:[/] {file}: {reason}", highlight=False)
-        console.print(
-            f"[bold yellow]partial failure:[/] {len(result.quarantined)} file(s) not scored; "
-            "the other files' outputs are complete",
-            highlight=False,
-        )
-        raise typer.Exit(PARTIAL_FAILURE_EXIT)
+    for path, reason in result.skipped:
+        console.print(f"[yellow]not read:[/] {path}: {reason}", highlight=False)
+    for file, reason in result.quarantined:
+        console.print(f"[bold yellow]quarantined:[/] {file}: {reason}", highlight=False)
+
+
+@app.command("log-run")
+def log_run(
+    output: Annotated[Path, typer.Argument(help="Scored output of a run that was not logged")],
+    tracking_config: TrackingOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Log a scoring run that ended "scored, not logged" (exit 4), from the record beside OUTPUT.
+
+    The record (OUTPUT's .unlogged.json) holds the run's counts and model version; the scores
+    are read back from OUTPUT. A run logged already is found again, not logged twice.
+    """
+    from anomaly.run_logging import log_unlogged_run
+    from anomaly.tracking import TrackingConfig
+
+    _setup_logging(verbose)
+    try:
+        run_id = log_unlogged_run(output, TrackingConfig.load(tracking_config))
+    except Exception as exc:
+        _fail(exc, verbose)
+    console.print(f"logged {output} as MLflow run {run_id}", highlight=False)
 
 
 def _gate_line(gate: GateResult | None) -> str:

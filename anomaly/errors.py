@@ -68,3 +68,19 @@ class ModelFileError(AnomalyError, OSError):
 
 class ModelNotFoundError(AnomalyError, LookupError):
     """A model URI names no registered model, version or alias."""
+
+
+class TrackingStoreError(AnomalyError, OSError):
+    """The tracking store named by the configuration cannot be used (a folder, a missing parent)."""
+
+
+class NotLoggedError(AnomalyError):
+    """A run's outputs are complete but the tracking store refused to log it; ``record`` keeps it.
+
+    ``result`` is the run's summary, where the caller has one, so it can still be shown.
+    """
+
+    def __init__(self, message: str, *, record: str, result: object | None = None):
+        self.record = record
+        self.result = result
+        super().__init__(message)

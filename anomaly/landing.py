@@ -33,6 +33,7 @@ from anomaly.errors import DataFileError
 from anomaly.monitoring import AlertSettings, BatchReport, monitor_batch
 from anomaly.pipeline import score_files, write_outputs
 from anomaly.quarantine import QuarantinedFile
+from anomaly.run_logging import log_with_retry
 from anomaly.tracking import LoadedModel, TrackingConfig, log_scoring_run
 
 logger = logging.getLogger(__name__)
@@ -213,16 +214,20 @@ def score_landing_file(
         rows_rejected=batch.n_rejected,
         settings=alerts,
     )
-    run_id = log_scoring_run(
-        batch,
-        model,
-        str(file.path),
-        str(out),
-        str(rej),
-        tracking,
-        run_name=f"score {file.name}",
-        report=report,
-        idempotency_key=f"landing:{model.model_uri}:{file.key}",
+    # A store busy past the retries fails this file's run before the ledger records it, so the
+    # next run scores it again (same outputs) and logs it under the same key.
+    run_id = log_with_retry(
+        lambda: log_scoring_run(
+            batch,
+            model,
+            str(file.path),
+            str(out),
+            str(rej),
+            tracking,
+            run_name=f"score {file.name}",
+            report=report,
+            idempotency_key=f"landing:{model.model_uri}:{file.key}",
+        )
     )
     ledger.record(
         file,

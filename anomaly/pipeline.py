@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,22 +12,35 @@ import numpy as np
 import pandas as pd
 
 from anomaly.config import TrainSettings
-from anomaly.data.images import ImageBatch, probe_image_size, read_images, write_png_atomic
+from anomaly.data.images import (
+    IMAGE_SUFFIXES,
+    ImageBatch,
+    probe_image_size,
+    read_images,
+    write_png_atomic,
+)
 from anomaly.data.parquet import (
     list_parquet_files,
     output_lock,
     read_table,
     write_parquet_atomic,
 )
-from anomaly.data.paths import check_output_paths, mark_output_folder
+from anomaly.data.paths import (
+    PARQUET_SUFFIXES,
+    Skipped,
+    check_output_paths,
+    list_inputs,
+    mark_output_folder,
+)
 from anomaly.data.schema import OUTPUT_COLUMNS
 from anomaly.data.series import list_series_files, read_series, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
-from anomaly.errors import DataFileError, SchemaError
+from anomaly.errors import DataFileError, NotLoggedError, SchemaError
 from anomaly.models import IMAGE_MODELS
 from anomaly.monitoring import GateResult
 from anomaly.plots import heatmap_rgb
 from anomaly.quarantine import QuarantinedFile, quarantine_path_for, write_quarantine
+from anomaly.run_logging import LOG_ATTEMPTS, log_scored, unlogged_record_path
 from anomaly.scoring import BatchSummary, ScoredBatch, score_frame, score_images
 from anomaly.streaming import StreamResult, score_parquet
 from anomaly.tracking import (
@@ -34,7 +48,6 @@ from anomaly.tracking import (
     RegisteredModel,
     TrackingConfig,
     load_registered_detector,
-    log_scoring_run,
     log_training_run,
 )
 
@@ -168,6 +181,7 @@ def score_files_to(
             "rejects": rejects_path,
             "quarantine list": quarantine_path_for(output),
             "context": context_path,
+            "unlogged-run record": unlogged_record_path(output),
         },
         {"heat-map": heatmaps_dir_for(output) if heatmaps else None},
     )
@@ -425,6 +439,8 @@ class ScoreResult:
     quarantined: tuple[tuple[str, str], ...] = ()
     rows_quarantined: int = 0
     quarantine: str | None = None
+    # Entries of the input directory or glob that were not read, ``(path, reason)``.
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def partial(self) -> bool:
@@ -440,6 +456,7 @@ class ScoreResult:
         rejects: str | os.PathLike[str],
         run_id: str,
         quarantine: str | os.PathLike[str] | None = None,
+        skipped: Sequence[Skipped] = (),
     ) -> ScoreResult:
         return cls(
             model_name=model.name,
@@ -455,6 +472,7 @@ class ScoreResult:
             quarantined=tuple((f.source_file, f.reason) for f in batch.quarantined),
             rows_quarantined=batch.n_quarantined_rows,
             quarantine=None if quarantine is None else str(quarantine),
+            skipped=tuple((str(s.path), s.reason) for s in skipped),
         )
 
 
@@ -469,15 +487,23 @@ def score(
     dask: bool = False,
     dask_address: str | None = None,
     heatmaps: bool = False,
+    log_attempts: int = LOG_ATTEMPTS,
 ) -> ScoreResult:
     """Score new data with a registered model, write outputs and log the scoring run.
 
     ``context``: for a time-series model, the file carrying points from batch to batch
     (default :func:`context_path_for` the output). ``heatmaps``: for image models, also write
-    the flagged images' error maps as PNG heat maps.
+    the flagged images' error maps as PNG heat maps. Logging is tried ``log_attempts`` times.
+
+    Raises
+    ------
+    NotLoggedError
+        When the outputs are complete but the tracking store kept refusing the run; its
+        ``result`` is this run's summary and its ``record`` what ``anomaly log-run`` logs later.
     """
     check_output_path(output)
     model = load_registered_detector(model_uri, tracking, device=device)
+    skipped = skipped_inputs(data, model.detector)
     result = score_files_to(
         model,
         data,
@@ -489,5 +515,26 @@ def score(
         heatmaps=heatmaps,
     )
     out, rej = result.output, result.rejects
-    run_id = log_scoring_run(result, model, data, str(out), str(rej), tracking)
-    return ScoreResult.of(result, model, out, rej, run_id, result.quarantine)
+    listed = [(str(s.path), s.reason) for s in skipped]
+    try:
+        run_id = log_scored(
+            result, model, data, str(out), str(rej), tracking, log_attempts, skipped=listed
+        )
+    except NotLoggedError as exc:
+        exc.result = ScoreResult.of(result, model, out, rej, "", result.quarantine, skipped)
+        raise
+    return ScoreResult.of(result, model, out, rej, run_id, result.quarantine, skipped)
+
+
+def skipped_inputs(data: str, detector: AutoencoderDetector) -> tuple[Skipped, ...]:
+    """The entries of ``data`` (a directory or glob) the detector's kind of input does not read."""
+    if detector.model in IMAGE_MODELS:
+        suffixes: tuple[str, ...] = (*IMAGE_SUFFIXES, *PARQUET_SUFFIXES)
+    elif detector.window is not None:
+        suffixes = (*PARQUET_SUFFIXES, ".csv")
+    else:
+        suffixes = PARQUET_SUFFIXES
+    try:
+        return list_inputs(data, suffixes).skipped
+    except DataFileError:
+        return ()  # the scoring itself names what is wrong with ``data``

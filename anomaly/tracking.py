@@ -9,6 +9,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from anomaly import plots
 from anomaly.data.schema import invalid_row_reasons
 from anomaly.errors import ModelFileError, ModelNotFoundError
 from anomaly.integrity import MANIFEST_TAG, manifest_digest, verify_digest
+from anomaly.tracking_uri import check_tracking_uri
 
 if TYPE_CHECKING:
     from anomaly.data.images import ImageBatch
@@ -81,6 +83,7 @@ class TrackingConfig(BaseModel):
 
 def configure(config: TrackingConfig) -> str:
     """Point mlflow at the configured store and experiment; return the experiment id."""
+    check_tracking_uri(config.tracking_uri)
     mlflow.set_tracking_uri(config.tracking_uri)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(config.experiment_name)
@@ -554,8 +557,11 @@ def log_scoring_run(
     run_name: str | None = None,
     report: BatchReport | None = None,
     idempotency_key: str | None = None,
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> str:
     """Log one scored batch: counts, anomaly rate, score quantiles and a score histogram.
+
+    ``skipped``: entries of the input directory or glob not read, ``(path, reason)``.
 
     With a monitoring ``report``, also its drift and alert figures, an ``anomaly.alert`` tag, and
     the same figures as the next step of the model version's monitoring run
@@ -592,6 +598,7 @@ def log_scoring_run(
             # Rows in = scored + rejected + rows of quarantined files (where their count is known).
             "rows_quarantined": batch.n_quarantined_rows,
             "files_quarantined": len(batch.quarantined),
+            "files_skipped": len(skipped),
             "anomaly_rate": batch.anomaly_rate,
             "threshold": model.detector.threshold_,
             **{f"series_{k}": v for k, v in batch.series_counts.items()},
@@ -608,6 +615,9 @@ def log_scoring_run(
             mlflow.log_dict(
                 {"files": [asdict(f) for f in batch.quarantined]}, "quarantined_files.json"
             )
+        if skipped:
+            entries = [{"path": path, "reason": reason} for path, reason in skipped]
+            mlflow.log_dict({"entries": entries}, "skipped_inputs.json")
         thr = model.detector.thresholder_
         _log_figure(
             plots.score_histogram(

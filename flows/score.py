@@ -8,9 +8,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from anomaly.pipeline import ScoreResult, check_output_path, context_path_for, score_files_to
+from anomaly.run_logging import log_scored
 from anomaly.scoring import BatchSummary
 from anomaly.streaming import StreamResult
-from anomaly.tracking import LoadedModel, TrackingConfig, load_registered_detector, log_scoring_run
+from anomaly.tracking import LoadedModel, TrackingConfig, load_registered_detector
 from flows import PARTIAL_FAILURE_STATE, retry_unless_bad_input
 
 
@@ -54,7 +55,8 @@ def score_data(
     )
 
 
-# No retries: a retry after a partial failure would log the batch twice.
+# No Prefect retries: log_scored retries a busy store itself under one key, so a retry cannot
+# log the batch twice, and when the store keeps refusing it leaves a record for `anomaly log-run`.
 @task(cache_policy=NO_CACHE)
 def log_batch(
     batch: BatchSummary,
@@ -64,7 +66,7 @@ def log_batch(
     rejects: str,
     tracking: TrackingConfig,
 ) -> str:
-    return log_scoring_run(batch, model, data, output, rejects, tracking)
+    return log_scored(batch, model, data, output, rejects, tracking)
 
 
 @flow(name="anomaly-score", log_prints=True)
