@@ -59,7 +59,7 @@ def test_a_damaged_record_is_named(tmp_path):
     with pytest.raises(DataFileError, match="no record of an unlogged run"):
         UnloggedRun.read(path)
     path.write_text("{not json")
-    with pytest.raises(DataFileError, match="scores.unlogged.json: not a readable run record"):
+    with pytest.raises(DataFileError, match=r"scores\.unlogged\.json: not a readable run record"):
         UnloggedRun.read(path)
 
 
