@@ -35,7 +35,9 @@ def test_a_folder_as_the_sqlite_store_is_refused_naming_it(tmp_path):
 
 
 def test_a_store_in_a_missing_folder_is_refused_naming_it(tmp_path):
-    with pytest.raises(TrackingStoreError, match=re.escape(f"the folder {tmp_path / 'nope'} of the database")):
+    with pytest.raises(
+        TrackingStoreError, match=re.escape(f"the folder {tmp_path / 'nope'} of the database")
+    ):
         check_tracking_uri(f"sqlite:///{tmp_path / 'nope' / 'mlflow.db'}")
 
 
