@@ -2,7 +2,13 @@
 
 The fixtures (``tests/fixtures/v1``, written by ``make_fixtures.py`` there) hold one small model
 of each data kind, its inputs, and the outputs the code of the time produced: arrays from the
-detector's methods and the files ``score_files_to`` wrote. Equality is exact, bit for bit.
+detector's methods and the files ``score_files_to`` wrote.
+
+Everything but floats must be equal exactly (schemas, keys, flags, reasons, p-values, counts).
+Floats are equal bit for bit on a CPU whose kernels match those of the machine that made the
+fixtures; on another CPU (AMD vs Intel, AVX2 vs AVX-512 paths of oneDNN) conv and LSTM outputs
+differ in the last bits of float32 (measured: scores 5e-7 relative), so floats are compared to
+1e-5 relative, with an absolute floor of 1e-5 of the array's scale for values near zero.
 """
 
 from __future__ import annotations
@@ -37,7 +43,17 @@ def _same_arrays(expected: np.lib.npyio.NpzFile, **actual: np.ndarray) -> None:
         want, got = expected[name], np.asarray(value)
         assert got.shape == want.shape, name
         assert got.dtype == want.dtype, name
-        assert np.array_equal(got, want, equal_nan=got.dtype.kind == "f"), name
+        _close(got, want, name)
+
+
+def _close(got: np.ndarray, want: np.ndarray, name: str) -> None:
+    if got.dtype.kind != "f":
+        assert np.array_equal(got, want), name
+        return
+    assert np.array_equal(np.isnan(got), np.isnan(want)), name
+    finite = want[np.isfinite(want)]
+    scale = float(np.abs(finite).max()) if finite.size else 0.0
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
 
 
 def _table(path: Path) -> pa.Table:
@@ -58,7 +74,17 @@ def _same_outputs(expected: Path, actual: Path) -> None:
         want = _table(expected.with_name(expected.stem + suffix))
         got = _table(actual.with_name(actual.stem + suffix))
         assert got.schema.equals(want.schema), (suffix, got.schema, want.schema)
-        assert got.equals(want), suffix
+        assert got.num_rows == want.num_rows, suffix
+        for name in want.column_names:
+            column = want[name]
+            if pa.types.is_floating(column.type):
+                _close(
+                    got[name].to_numpy(zero_copy_only=False),
+                    column.to_numpy(zero_copy_only=False),
+                    f"{suffix}:{name}",
+                )
+            else:
+                assert got[name].equals(column), f"{suffix}:{name}"
 
 
 def test_tabular_v1_model_scores_as_before(tmp_path):
