@@ -48,7 +48,8 @@ from anomaly.models.sequence import (
     WindowedDense,
 )
 from anomaly.preprocessing import SeriesScaler, TabularPreprocessor
-from anomaly.scoring import REDUCTIONS, reduce_errors, source_matrix
+from anomaly.reduction import REDUCTIONS, reduce_errors, reduce_last, topk_count
+from anomaly.scoring import source_matrix
 from anomaly.thresholds import QuantileThreshold, min_calibration_size
 from anomaly.training import (
     TrainingConfig,
@@ -204,8 +205,9 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         Reconstruction error for training and scoring; ``bce`` needs ``scaler="minmax"``.
     scaler : {"standard", "minmax"}
         Numeric scaling, fitted on the training rows only.
-    reduction : {"mean", "max"}
-        How per-feature errors become one score.
+    reduction : {"mean", "max", "topk"}
+        How a row's element errors (a table row's encoded columns, a time step's features, an
+        image's pixels) become its score; ``topk`` averages the largest ``topk_fraction`` of them.
     n_estimators : int
         Number of independently initialised networks trained side by side; scores average
         their errors. On ADBench's one-class splits 5 members added about 0.01-0.04 AUROC
@@ -273,7 +275,8 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         Images, ``loss="ssim"``: share of the SSIM term in the per-pixel error, the rest
         squared error (1 = pure SSIM).
     topk_fraction : float
-        ``reduction="topk"``: the score is the mean of this share of the largest errors.
+        ``reduction="topk"``: the share of a row's largest element errors averaged, at least one,
+        for every kind (columns, features per time step, pixels).
     image_column : str
         Images in Parquet files: the column holding encoded image bytes.
     """
@@ -399,6 +402,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
             raise ValueError(f"loss={self.loss!r} needs an image model {IMAGE_MODELS}")
         elif self.loss == "bce" and self.scaler != "minmax":
             raise ValueError("loss='bce' needs data in [0, 1]: set scaler='minmax'")
+        topk_count(1, self.topk_fraction)  # a fraction outside (0, 1] fails here, by name
         if self.n_estimators < 1:
             raise ValueError(f"n_estimators must be at least 1, got {self.n_estimators}")
         if self.model in SERIES_MODELS and self.window is None:
@@ -607,6 +611,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         Both are reduced on the device, so only ``n * (1 + n_features_in_)`` floats come back.
         """
         module, loss, reduction = self.module_, self.objective_.loss, self.reduction
+        topk = self.topk_fraction
         sources = source_matrix(
             self.preprocessor_.output_sources_, len(self.preprocessor_.input_names_)
         ).to(self.device_)
@@ -615,7 +620,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
             errors = elementwise_error(module(batch).x_hat, batch, loss)
             if errors.dim() == 3:  # an ensemble: (n_members, n, d) -> mean over members
                 errors = errors.mean(dim=0)
-            scores = reduce_errors(errors, reduction).unsqueeze(1)  # type: ignore[arg-type]
+            scores = reduce_errors(errors, reduction, topk).unsqueeze(1)  # type: ignore[arg-type]
             return torch.cat([scores, errors @ sources], dim=1) if attribute else scores
 
         # float32 even where training used bf16: the threshold was calibrated on these numbers
@@ -930,7 +935,8 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
                 errors = elementwise_error(rec.x_hat, x, self.objective_.loss)
                 if errors.dim() == 4:  # an ensemble: (n_members, n, window, f)
                     errors = errors.mean(dim=0)
-                step = errors.mean(dim=-1) if self.reduction == "mean" else errors.amax(dim=-1)
+                # One score per time step from its features, as a table row's from its columns.
+                step = reduce_last(errors, self.reduction, self.topk_fraction)  # type: ignore[arg-type]
                 fold.add(torch.cat([step.unsqueeze(-1), errors], dim=-1), first)  # type: ignore[union-attr]
             if codes:
                 z_all = torch.cat(parts).cpu().numpy()

@@ -25,7 +25,7 @@ from anomaly.models import (
     Objective,
     elementwise_error,
 )
-from anomaly.scoring import reduce_errors
+from anomaly.reduction import reduce_errors
 from anomaly.thresholds import QuantileThreshold, min_calibration_size
 from anomaly.training import (
     TrainingConfig,

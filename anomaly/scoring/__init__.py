@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -15,35 +15,14 @@ from anomaly.data.schema import REJECT_COLUMNS, invalid_rows
 from anomaly.errors import SchemaError
 from anomaly.quarantine import QuarantinedFile
 
+# Re-exported: these lived here before every kind shared them.
+from anomaly.reduction import REDUCTIONS as REDUCTIONS
+from anomaly.reduction import Reduction as Reduction
+from anomaly.reduction import reduce_errors as reduce_errors
+
 if TYPE_CHECKING:
     from anomaly.data.images import ImageBatch
     from anomaly.detectors import AutoencoderDetector
-
-Reduction = Literal["mean", "max", "topk"]
-
-REDUCTIONS: tuple[str, ...] = ("mean", "max", "topk")
-
-
-def reduce_errors(
-    errors: torch.Tensor, reduction: Reduction = "mean", topk_fraction: float = 0.05
-) -> torch.Tensor:
-    """Reduce per-feature (or per-pixel) errors ``(n_samples, ...)`` to one score ``(n_samples,)``.
-
-    ``mean`` suits broad deviations; ``max`` reacts to a single broken feature; ``topk`` is the
-    mean of the largest ``topk_fraction`` of errors (at least one), which catches a small image
-    defect that a mean over all pixels dilutes, with less noise than ``max``.
-    """
-    flat = errors.reshape(len(errors), -1)
-    if reduction == "mean":
-        return flat.mean(dim=1)
-    if reduction == "max":
-        return flat.amax(dim=1)
-    if reduction == "topk":
-        if not 0 < topk_fraction <= 1:
-            raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}")
-        k = max(1, round(flat.shape[1] * topk_fraction))
-        return flat.topk(k, dim=1).values.mean(dim=1)
-    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
 def source_matrix(sources: np.ndarray, n_sources: int) -> torch.Tensor:
