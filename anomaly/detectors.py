@@ -23,7 +23,13 @@ from anomaly.data.series import (
     infer_frequency,
 )
 from anomaly.data.windows import POINT_REDUCTIONS, PointFold, sliding_windows
-from anomaly.errors import CalibrationError, InvalidRowsError, NotFittedError, SchemaError
+from anomaly.errors import (
+    CalibrationError,
+    InvalidRowsError,
+    ModelFileError,
+    NotFittedError,
+    SchemaError,
+)
 from anomaly.image_detector import (
     IMAGE_MODELS,
     ImageDetectorMixin,
@@ -48,8 +54,7 @@ from anomaly.models.sequence import (
     WindowedDense,
 )
 from anomaly.preprocessing import SeriesScaler, TabularPreprocessor
-from anomaly.reduction import REDUCTIONS, reduce_errors, reduce_last, topk_count
-from anomaly.scoring import source_matrix
+from anomaly.reduction import REDUCTIONS, reduce_errors, reduce_last, source_matrix, topk_count
 from anomaly.thresholds import QuantileThreshold, min_calibration_size
 from anomaly.training import (
     TrainingConfig,
@@ -1015,9 +1020,18 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto") -> AutoencoderDetector:
         """Load a detector saved with :meth:`save`; no pickle is involved."""
-        from anomaly.persistence import load_detector
+        from anomaly.persistence import load_fitted
 
-        return load_detector(path, device=device)
+        params, fitted = load_fitted(path, module_from_config, device=device)
+        try:
+            detector = cls(**params)
+        except TypeError as exc:  # a parameter this version does not know
+            raise ModelFileError(
+                f"{os.fspath(path)}/detector.json: invalid parameters ({exc})"
+            ) from exc
+        for name, value in fitted.items():
+            setattr(detector, name, value)
+        return detector
 
 
 def _fill_missing(values: np.ndarray, series: np.ndarray) -> np.ndarray:

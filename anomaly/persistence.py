@@ -23,11 +23,13 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
+import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
@@ -44,8 +46,24 @@ from anomaly.preprocessing import SeriesScaler, TabularPreprocessor
 from anomaly.thresholds import threshold_from_dict
 from anomaly.training import TrainingHistory, resolve_device
 
-if TYPE_CHECKING:
-    from anomaly.detectors import AutoencoderDetector
+# Rebuilds a network from the model family and the config saved with it.
+ModuleBuilder = Callable[[str, dict[str, Any]], torch.nn.Module]
+
+
+class FittedDetector(Protocol):
+    """What saving reads from a fitted detector; persistence never imports the detector itself."""
+
+    model: str
+    window: int | None
+    module_: torch.nn.Module
+    module_config_: dict[str, Any]
+    objective_: Objective
+    thresholder_: Any
+    fit_info_: dict[str, Any]
+    history_: TrainingHistory
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]: ...
+
 
 # Every file load_detector may read; each one present must be in the manifest.
 MODEL_FILES = frozenset(
@@ -74,7 +92,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def save_detector(detector: AutoencoderDetector, path: str | os.PathLike[str]) -> Path:
+def save_detector(detector: FittedDetector, path: str | os.PathLike[str]) -> Path:
     """Write ``detector`` to directory ``path`` atomically, replacing what was there."""
     from anomaly import __version__
 
@@ -91,24 +109,28 @@ def save_detector(detector: AutoencoderDetector, path: str | os.PathLike[str]) -
         )
         image = detector.model in IMAGE_MODELS  # no preprocessor; the shape is in detector.json
         if not image and detector.window is None:
-            detector.preprocessor_.save(tmp)
+            detector.preprocessor_.save(tmp)  # type: ignore[attr-defined]
         elif not image:
-            (tmp / "series_scaler.json").write_text(json.dumps(detector.scaler_.to_dict()))
+            scaler = detector.scaler_  # type: ignore[attr-defined]
+            (tmp / "series_scaler.json").write_text(json.dumps(scaler.to_dict()))
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "anomaly_version": __version__,
             "class": type(detector).__name__,
             "params": _jsonable(detector.get_params()),
-            "schema": None if image else detector.schema_.to_dict(),
-            **({"image_shape": list(detector.image_shape_)} if image else {}),
+            "schema": None if image else detector.schema_.to_dict(),  # type: ignore[attr-defined]
+            **({"image_shape": list(detector.image_shape_)} if image else {}),  # type: ignore[attr-defined]
             "module_config": _jsonable(detector.module_config_),
             "objective": asdict(detector.objective_),
             "threshold": detector.thresholder_.to_dict(),
             "fit_info": _jsonable(detector.fit_info_),
             "series": None
             if detector.window is None
-            else {"policy": asdict(detector.series_policy_), "frequency": detector.frequency_},
+            else {
+                "policy": asdict(detector.series_policy_),  # type: ignore[attr-defined]
+                "frequency": detector.frequency_,  # type: ignore[attr-defined]
+            },
             "history": _jsonable(asdict(detector.history_)),
         }
         (tmp / "detector.json").write_text(json.dumps(config, indent=2))
@@ -179,12 +201,18 @@ def _verify(directory: Path) -> dict[str, Any]:
     return config
 
 
-def load_detector(path: str | os.PathLike[str], device: str = "auto") -> AutoencoderDetector:
-    """Load a detector written by :func:`save_detector`, checking every file's checksum first."""
+def load_fitted(
+    path: str | os.PathLike[str], rebuild: ModuleBuilder, device: str = "auto"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a detector written by :func:`save_detector`, checking every file's checksum first.
+
+    Returns the constructor parameters and the fitted attributes (``module_``, ``threshold_``
+    ...) for the detector class to set; ``rebuild`` makes the network from its saved config.
+    """
     directory = Path(path)
     config = _verify(directory)
     try:
-        return _build(directory, config, device)
+        return _fitted(directory, config, rebuild, device)
     except ModelFileError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -194,12 +222,11 @@ def load_detector(path: str | os.PathLike[str], device: str = "auto") -> Autoenc
         ) from exc
 
 
-def _build(directory: Path, config: dict[str, Any], device: str) -> AutoencoderDetector:
-    from anomaly.detectors import AutoencoderDetector, module_from_config
-
+def _fitted(
+    directory: Path, config: dict[str, Any], rebuild: ModuleBuilder, device: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     params = dict(config["params"])
     params["device"] = device
-    detector = AutoencoderDetector(**params)
     image = params.get("model") in IMAGE_MODELS
     schema = None if image else TableSchema.from_dict(config["schema"])
     weights, calibration_file = (
@@ -208,7 +235,7 @@ def _build(directory: Path, config: dict[str, Any], device: str) -> AutoencoderD
     )
     module_config = config["module_config"]
     try:
-        module = module_from_config(params["model"], module_config)
+        module = rebuild(params["model"], module_config)
         module.load_state_dict(load_torch(str(weights)))
     except (RuntimeError, OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise ModelFileError(
@@ -225,38 +252,38 @@ def _build(directory: Path, config: dict[str, Any], device: str) -> AutoencoderD
             f"{calibration_file}: calibration scores do not reproduce the saved threshold"
         )
 
-    detector.schema_ = schema  # type: ignore[assignment]
+    fitted: dict[str, Any] = {"schema_": schema}
     if schema is None:
-        detector.preprocessor_ = None  # type: ignore[assignment]
-    elif detector.window is None:
-        detector.preprocessor_ = TabularPreprocessor.load(directory, schema)
+        fitted["preprocessor_"] = None
+    elif params.get("window") is None:
+        fitted["preprocessor_"] = TabularPreprocessor.load(directory, schema)
     else:
         scaler_file = directory / "series_scaler.json"
         try:
-            detector.scaler_ = SeriesScaler.from_dict(json.loads(scaler_file.read_text()))
+            fitted["scaler_"] = SeriesScaler.from_dict(json.loads(scaler_file.read_text()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelFileError(f"{scaler_file}: unreadable series scaler ({exc})") from exc
         try:
             series = config["series"]
             policy = series["policy"]
-            detector.series_policy_ = SeriesPolicy(
+            fitted["series_policy_"] = SeriesPolicy(
                 **{**policy, "features": tuple(policy["features"])}
             )
-            detector.frequency_ = series["frequency"]
+            fitted["frequency_"] = series["frequency"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelFileError(
                 f"{directory / 'detector.json'}: time-series settings unreadable ({exc})"
             ) from exc
-        detector.preprocessor_ = None  # type: ignore[assignment]
-    detector.device_ = resolve_device(device)
-    detector.module_ = module.to(detector.device_).eval()
-    detector.module_config_ = config["module_config"]
-    detector.objective_ = objective
-    detector.thresholder_ = threshold
-    detector.threshold_ = threshold.threshold_
-    detector.fit_info_ = config["fit_info"]
+        fitted["preprocessor_"] = None
+    fitted["device_"] = resolve_device(device)
+    fitted["module_"] = module.to(fitted["device_"]).eval()
+    fitted["module_config_"] = config["module_config"]
+    fitted["objective_"] = objective
+    fitted["thresholder_"] = threshold
+    fitted["threshold_"] = threshold.threshold_
+    fitted["fit_info_"] = config["fit_info"]
     history = config["history"]
-    detector.history_ = TrainingHistory(
+    fitted["history_"] = TrainingHistory(
         **{
             **history,
             "train_loss": tuple(history["train_loss"]),
@@ -265,9 +292,9 @@ def _build(directory: Path, config: dict[str, Any], device: str) -> AutoencoderD
     )
     if schema is None:
         channels, height, width = (int(v) for v in config["image_shape"])
-        detector.image_shape_ = (channels, height, width)
-        detector.n_features_in_ = channels * height * width
-        return detector
-    detector.n_features_in_ = len(schema.features)
-    detector.feature_names_in_ = np.asarray(schema.feature_names, dtype=object)
-    return detector
+        fitted["image_shape_"] = (channels, height, width)
+        fitted["n_features_in_"] = channels * height * width
+        return params, fitted
+    fitted["n_features_in_"] = len(schema.features)
+    fitted["feature_names_in_"] = np.asarray(schema.feature_names, dtype=object)
+    return params, fitted

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 
 Reduction = Literal["mean", "max", "topk"]
@@ -54,3 +55,14 @@ def reduce_last(
         k = topk_count(errors.shape[-1], topk_fraction)
         return errors.topk(k, dim=-1).values.mean(dim=-1)
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def source_matrix(sources: np.ndarray, n_sources: int) -> torch.Tensor:
+    """``(n_encoded, n_sources)`` 0/1 matrix with a 1 where encoded column ``j`` came from input ``sources[j]``.
+
+    ``errors @ source_matrix(...)`` sums encoded-column errors back onto input columns
+    (one-hot columns share one), as one matrix product on the device.
+    """
+    matrix = torch.zeros(len(sources), n_sources, dtype=torch.float32)
+    matrix[torch.arange(len(sources)), torch.as_tensor(sources, dtype=torch.long)] = 1.0
+    return matrix

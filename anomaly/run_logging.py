@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from mlflow.exceptions import MlflowException
 
 from anomaly.errors import DataFileError, NotLoggedError
 from anomaly.quarantine import QuarantinedFile, quarantine_path_for
@@ -51,11 +50,12 @@ def unlogged_record_path(output: str | os.PathLike[str]) -> Path:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a logging failure may pass on its own (a busy or unreachable store), not a bug."""
-    if isinstance(exc, (MlflowException, sqlite3.OperationalError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (sqlite3.OperationalError, ConnectionError, TimeoutError)):
         return True
-    # SQLAlchemy and requests wrap the store's own errors; match by name to import neither.
+    # MLflow, SQLAlchemy and requests wrap the store's own errors; matched by name, so that
+    # tracking.py stays the only module that imports mlflow.
     names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"OperationalError", "RequestException", "ConnectionError"})
+    return bool(names & {"MlflowException", "OperationalError", "RequestException"})
 
 
 def log_with_retry(

@@ -90,3 +90,68 @@ def test_no_code_unpickles_or_calls_torch_load_unsafely():
         for line, what in _unsafe_loads(p)
     ]
     assert offenders == []
+
+
+def _imports_of(path, package_root):
+    """Every ``anomaly.*`` module a file imports, at module level, in functions or for typing."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    rel = path.relative_to(package_root.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    package = parts if path.name == "__init__.py" else parts[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("anomaly")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if module.startswith("anomaly"):
+                found.add(module)
+    return found
+
+
+def test_no_import_circles_in_the_library():
+    """Data flows one way: no module reaches back up, not even inside a function or for typing."""
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent / "anomaly"
+    modules = {}
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.parts[-1] == "__init__" else rel.parts)
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in _imports_of(path, root):
+            # ``from anomaly.x import y`` may name a submodule y or a name in x: take the longest
+            # module the import names.
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name and imported != "anomaly":
+                targets.add(imported)
+        graph[name] = targets
+
+    cycles = []
+    state = {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append([*stack[stack.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == [], "import circles: " + "; ".join(" -> ".join(c) for c in cycles)

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
-import torch
 
 from anomaly.data.keys import KeyIndex
 from anomaly.data.schema import REJECT_COLUMNS, invalid_rows
@@ -19,21 +18,11 @@ from anomaly.quarantine import QuarantinedFile
 from anomaly.reduction import REDUCTIONS as REDUCTIONS
 from anomaly.reduction import Reduction as Reduction
 from anomaly.reduction import reduce_errors as reduce_errors
+from anomaly.reduction import source_matrix as source_matrix
 
 if TYPE_CHECKING:
     from anomaly.data.images import ImageBatch
     from anomaly.detectors import AutoencoderDetector
-
-
-def source_matrix(sources: np.ndarray, n_sources: int) -> torch.Tensor:
-    """``(n_encoded, n_sources)`` 0/1 matrix with a 1 where encoded column ``j`` came from input ``sources[j]``.
-
-    ``errors @ source_matrix(...)`` sums encoded-column errors back onto input columns
-    (one-hot columns share one), as one matrix product on the device.
-    """
-    matrix = torch.zeros(len(sources), n_sources, dtype=torch.float32)
-    matrix[torch.arange(len(sources)), torch.as_tensor(sources, dtype=torch.long)] = 1.0
-    return matrix
 
 
 def top_feature_index(per_feature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
