@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,12 +12,15 @@ import pandas as pd
 from anomaly.data.images import ImageBatch
 from anomaly.detectors import AutoencoderDetector
 from anomaly.errors import SchemaError
+from anomaly.models import IMAGE_MODELS
 from anomaly.monitoring import GateResult, GateSettings, promotion_gate
 from anomaly.scoring import score_frame
 from anomaly.thresholds import FixedThreshold, QuantileThreshold
 from anomaly.tracking import (
+    CHAMPION,
     RegisteredModel,
     TrackingConfig,
+    alias_version,
     load_registered_detector,
     promote,
     register_threshold_change,
@@ -87,6 +91,46 @@ def evaluate_gate(
     )
 
 
+def data_kind(detector: AutoencoderDetector) -> str:
+    """``"images"``, ``"series"`` or ``"tabular"``: what a detector scores."""
+    if detector.model in IMAGE_MODELS:
+        return "images"
+    return "series" if detector.window is not None else "tabular"
+
+
+def _inputs(detector: AutoencoderDetector) -> tuple[tuple[object, ...], ...] | tuple[int, ...]:
+    """What a detector needs of its input: the image shape, or the feature columns and types."""
+    if detector.model in IMAGE_MODELS:
+        return tuple(int(v) for v in detector.image_shape_)
+    return tuple((c.name, c.kind, c.dtype) for c in detector.schema_.features)
+
+
+def incompatibility(new: AutoencoderDetector, champion: AutoencoderDetector) -> str | None:
+    """Why ``new`` cannot take over from ``champion`` (other data kind or input), or None.
+
+    Everything scoring ``models:/NAME@champion`` (the landing folder, scheduled runs) was set up
+    for the champion's input: a version that wants other input would quarantine every file.
+    """
+    if (kind := data_kind(new)) != (old := data_kind(champion)):
+        return f"it scores {kind} data, the champion scores {old} data"
+    if (wanted := _inputs(new)) != (had := _inputs(champion)):
+        if kind == "images":
+            return f"it takes images of shape {wanted}, the champion {had}"
+        new_cols = {str(c[0]): c for c in wanted if isinstance(c, tuple)}
+        old_cols = {str(c[0]): c for c in had if isinstance(c, tuple)}
+        added = sorted(new_cols.keys() - old_cols.keys())
+        dropped = sorted(old_cols.keys() - new_cols.keys())
+        # The same column with another kind (numeric, categorical) or type.
+        changed = sorted(n for n in new_cols.keys() & old_cols.keys() if new_cols[n] != old_cols[n])
+        parts = [
+            f"{label} {names}"
+            for label, names in (("adds", added), ("drops", dropped), ("retypes", changed))
+            if names
+        ]
+        return "its input schema differs from the champion's: it " + ", ".join(parts)
+    return None
+
+
 def gate_and_promote(
     model: RegisteredModel,
     detector: AutoencoderDetector,
@@ -95,8 +139,18 @@ def gate_and_promote(
     settings: GateSettings | None = None,
     labelled: pd.DataFrame | None = None,
 ) -> GateResult:
-    """Run the gate for a registered version and set ``champion`` on it only if it passes."""
+    """Run the gate for a registered version and set ``champion`` on it only if it passes.
+
+    A version whose data kind or input schema differs from the current champion's never
+    passes, whatever its figures: the gate refuses it with that reason.
+    """
     result = evaluate_gate(detector, holdout, settings, labelled)
+    current = alias_version(model.name, CHAMPION, tracking)
+    if current is not None and current != model.version:
+        champion = load_registered_detector(f"models:/{model.name}/{current}", tracking, "cpu")
+        if (why := incompatibility(detector, champion.detector)) is not None:
+            reason = f"not promoted over version {current}: {why}; register it under another name"
+            result = replace(result, passed=False, reasons=(*result.reasons, reason))
     promote(model, result, tracking)
     return result
 

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
@@ -155,3 +156,47 @@ def test_threshold_set_registers_a_new_version_and_keeps_the_old(
         ],
     )
     assert refused.exit_code == 2 and "exactly one of --quantile or --value" in refused.output
+
+
+def test_a_version_for_other_input_is_never_promoted_over_the_champion(
+    fitted_detector, normal_table, tracking_config, client
+):
+    from anomaly import AutoencoderDetector
+    from anomaly.data.images import ImageBatch
+    from anomaly.data.synthetic import make_blob_images
+
+    holdout = make_sensor_table(600, seed=101)
+    first = log_training_run(fitted_detector, normal_table, "train.parquet", tracking_config)
+    assert gate_and_promote(first, fitted_detector, holdout, tracking_config).passed
+
+    # Same name, one feature fewer: it would quarantine nothing but score other columns.
+    narrower = normal_table.drop(columns=["humidity"])
+    other = AutoencoderDetector(
+        categorical_columns=["machine_type"],
+        key_columns=["reading_id", "timestamp"],
+        epochs=3,
+        verbose=False,
+    ).fit(narrower)
+    second = log_training_run(other, narrower, "train.parquet", tracking_config)
+    refused = gate_and_promote(second, other, holdout.drop(columns=["humidity"]), tracking_config)
+    assert not refused.passed
+    assert any(
+        "drops ['humidity']" in r and f"version {first.version}" in r for r in refused.reasons
+    )
+    assert alias_version("test-detector", "champion", tracking_config) == first.version
+
+    # Same name, another data kind: an image model must not replace a tabular champion.
+    images = make_blob_images(120, (16, 16), seed=1)
+    image_model = AutoencoderDetector(
+        model="conv", epochs=2, batch_size=32, verbose=False, image_size=(16, 16)
+    ).fit(images)
+    paths = pd.DataFrame({"path": [f"img{i}.png" for i in range(len(images))]})
+    batch = ImageBatch(images, paths, pd.DataFrame({"path": [], "reason": []}))
+    third = log_training_run(image_model, batch, "images/", tracking_config)
+    refused = gate_and_promote(third, image_model, batch, tracking_config)
+    assert any("scores images data, the champion scores tabular data" in r for r in refused.reasons)
+    assert alias_version("test-detector", "champion", tracking_config) == first.version
+    tags = client.get_model_version("test-detector", third.version).tags
+    assert (
+        tags["gate.passed"] == "false" and "register it under another name" in tags["gate.reasons"]
+    )
