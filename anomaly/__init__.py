@@ -5,6 +5,12 @@
 >>> det.predict(X_new)  # doctest: +SKIP
 """
 
+import os as _os
+
+# MLflow's usage telemetry is off in every process of the project unless the user turns it on
+# (the quick start must work offline; values already set win).
+_os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 from anomaly.detectors import AutoencoderDetector
 from anomaly.errors import (
     AnomalyError,

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from anomaly.errors import AnomalyError
+
+# Set before any flow module imports Prefect, so every process of the project (serve, a worker,
+# a flow run by hand) gets them, not only those the Makefile starts: the local server's
+# telemetry heartbeat locks its SQLite database on a busy machine, and its first start migrates
+# that database, which can outlast Prefect's 20 s default. Values already set win.
+PROCESS_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+}
+for _name, _value in PROCESS_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
 
 # Name of the Failed state a scoring run ends in when some input files were quarantined while
 # the others were scored: red in the UI and caught by automations on failure, yet named apart
