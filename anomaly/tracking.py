@@ -23,13 +23,13 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from anomaly import plots
 from anomaly.data.schema import invalid_row_reasons
 from anomaly.errors import ModelFileError, ModelNotFoundError
 from anomaly.integrity import MANIFEST_TAG, manifest_digest, verify_digest
-from anomaly.tracking_uri import check_tracking_uri
+from anomaly.tracking_uri import check_tracking_uri, require_store
 
 if TYPE_CHECKING:
     from anomaly.data.images import ImageBatch
@@ -55,6 +55,10 @@ class TrackingConfig(BaseModel):
     artifact_location: str | None = "mlartifacts"
     experiment_name: str = "anomaly"
     registered_model_name: str = "anomaly-detector"
+    # Where the configuration was looked for, and whether it was found: errors about a missing
+    # store say so, since a command run outside the project folder finds no mlflow.yaml.
+    _looked_for: Path | None = PrivateAttr(default=None)
+    _found: bool = PrivateAttr(default=False)
 
     @property
     def latest_model_uri(self) -> str:
@@ -78,7 +82,18 @@ class TrackingConfig(BaseModel):
         config = cls(**data)
         if os.environ.get("MLFLOW_TRACKING_URI"):
             config = config.model_copy(update={"tracking_uri": os.environ["MLFLOW_TRACKING_URI"]})
+        config._looked_for, config._found = file.resolve(), file.is_file()
         return config
+
+    def origin(self) -> str:
+        """Where these settings came from, for error messages."""
+        if os.environ.get("MLFLOW_TRACKING_URI") == self.tracking_uri:
+            return "MLFLOW_TRACKING_URI"
+        if self._looked_for is None:
+            return "settings given in code"
+        if self._found:
+            return str(self._looked_for)
+        return f"built-in defaults ({self._looked_for} not found)"
 
 
 def configure(config: TrackingConfig) -> str:
@@ -490,7 +505,11 @@ class LoadedModel:
 
 
 def resolve_model_version(model_uri: str, config: TrackingConfig) -> tuple[str, str]:
-    """``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or ``models:/NAME/latest`` -> (name, version)."""
+    """``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or ``models:/NAME/latest`` -> (name, version).
+
+    Never creates a tracking store: a missing one is a :class:`TrackingStoreError`.
+    """
+    require_store(config.tracking_uri, config.origin())
     configure(config)
     if not model_uri.startswith("models:/"):
         raise ValueError(f"expected a models:/ URI, got {model_uri!r}")

@@ -56,3 +56,22 @@ def check_tracking_uri(uri: str) -> None:
     if urlparse(uri).scheme in ("http", "https"):
         for name, value in HTTP_RETRY_DEFAULTS.items():
             os.environ.setdefault(name, value)
+
+
+def require_store(uri: str, origin: str) -> None:
+    """Refuse to go on when a SQLite store does not exist yet: reading must not create one.
+
+    ``origin`` says where the URI came from (mlflow.yaml, the environment, the defaults).
+
+    Raises
+    ------
+    TrackingStoreError
+        Naming the URI, the file it points at and where the settings came from.
+    """
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise TrackingStoreError(
+            f"no tracking store at {uri} ({db.resolve()} does not exist; settings from "
+            f"{origin}); run from the project folder, pass --tracking-config, or set "
+            "MLFLOW_TRACKING_URI"
+        )

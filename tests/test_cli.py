@@ -70,5 +70,17 @@ def test_errors_are_one_clear_line_and_exit_code_2(workdir):
     unknown = runner.invoke(
         app, ["score", "incoming", "--output", "o.parquet", "--model-uri", "models:/ghost/3"]
     )
+    # No model was trained here yet, so there is no store: scoring says so and creates none.
+    assert unknown.exit_code == 2
+    assert "no tracking store at sqlite:///cli.db" in " ".join(unknown.output.split())
+    assert not (workdir / "cli.db").exists()
+    from anomaly.tracking import TrackingConfig, configure
+
+    # An empty store: now the model itself is missing. (Absolute URI: MLflow caches its store
+    # per URI string, and the relative one may point into another test's folder.)
+    configure(TrackingConfig(tracking_uri=f"sqlite:///{workdir / 'cli.db'}", experiment_name="cli"))
+    unknown = runner.invoke(
+        app, ["score", "incoming", "--output", "o.parquet", "--model-uri", "models:/ghost/3"]
+    )
     assert unknown.exit_code == 2
     assert "models:/ghost/3: not found" in unknown.output

@@ -6,8 +6,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from anomaly import ModelNotFoundError, score_frame
+from anomaly.errors import TrackingStoreError
 from anomaly.tracking import (
     TrackingConfig,
+    configure,
     load_registered_detector,
     log_scoring_run,
     log_training_run,
@@ -79,8 +81,21 @@ def test_registry_load_is_identical_and_resolves_latest(
 
 
 def test_unknown_model_is_a_named_error(tracking_config):
+    configure(tracking_config)  # the store exists, the model does not
     with pytest.raises(ModelNotFoundError, match="models:/nothing/1: not found"):
         load_registered_detector("models:/nothing/1", tracking_config)
+
+
+def test_loading_from_a_missing_store_never_creates_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = TrackingConfig.load()  # no mlflow.yaml here: the built-in defaults
+    with pytest.raises(TrackingStoreError) as error:
+        load_registered_detector("models:/anything@champion", config)
+    message = str(error.value)
+    assert "no tracking store at sqlite:///mlflow.db" in message
+    assert f"built-in defaults ({tmp_path / 'mlflow.yaml'} not found)" in message
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_scoring_run_logs_counts(registered, incoming_table, tracking_config):
