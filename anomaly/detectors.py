@@ -36,6 +36,7 @@ from anomaly.models import (
     DenseConfig,
     Objective,
     default_dense_layout,
+    default_sequence_latent,
     elementwise_error,
 )
 from anomaly.models.losses import IMAGE_LOSSES, LOSSES
@@ -84,7 +85,6 @@ def build_module(
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     window = params.get("window")
-    _, default_latent = default_dense_layout(n_features)
     options: dict[str, Any]
     if model == "lstm_seq2seq":
         sizes = tuple(params["hidden_layers"] or (64, 64))
@@ -97,7 +97,7 @@ def build_module(
                 n_features=n_features,
                 hidden_size=sizes[0],
                 num_layers=len(sizes),
-                latent_dim=params["latent_dim"] or default_latent,
+                latent_dim=params["latent_dim"] or default_sequence_latent(n_features),
                 dropout=params["dropout"],
                 variational=params["variational"],
             )
@@ -186,7 +186,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         lstm_seq2seq: one entry per LSTM layer, all equal (default ``(64, 64)``). conv1d:
         channels of the strided convolutions (default ``(32, 16)``).
     latent_dim : int, optional
-        Size of the latent code (dense, lstm_seq2seq). Default: the input width, clipped to 8..32.
+        Code size (dense, lstm_seq2seq); default ceil(width / 2) <= 32 (dense), 8..32 (lstm).
     activation, dropout, batch_norm
         Hidden-layer settings.
     variational : bool
