@@ -50,7 +50,7 @@ from anomaly.models.sequence import (
 )
 from anomaly.preprocessing import SeriesScaler, TabularPreprocessor
 from anomaly.scoring import REDUCTIONS, reduce_errors, source_matrix
-from anomaly.thresholds import QuantileThreshold, min_calibration_size
+from anomaly.thresholds import calibration_need, make_threshold, min_calibration_size
 from anomaly.training import (
     TrainingConfig,
     TrainingHistory,
@@ -276,6 +276,8 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         ``reduction="topk"``: the score is the mean of this share of the largest errors.
     image_column : str
         Images in Parquet files: the column holding encoded image bytes.
+    threshold : {"quantile", "pot"}
+        Conformal quantile, or a fitted tail (:class:`~anomaly.thresholds.PotThreshold`).
     """
 
     def __init__(
@@ -328,6 +330,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         ssim_weight: float = 1.0,
         topk_fraction: float = 0.05,
         image_column: str = "image",
+        threshold: Literal["quantile", "pot"] = "quantile",
     ):
         self.model = model
         self.hidden_layers = hidden_layers
@@ -377,6 +380,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         self.ssim_weight = ssim_weight
         self.topk_fraction = topk_fraction
         self.image_column = image_column
+        self.threshold = threshold
 
     # ------------------------------------------------------------------ fitting
     def _validate_params(self) -> None:
@@ -510,11 +514,11 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
             order[n_cal : n_cal + n_val],
             order[n_cal + n_val :],
         )
-        needed = min_calibration_size(quantile)
+        needed = min_calibration_size(quantile, self.threshold)
         if n_cal < needed:
             # Checked before training, which may take long, rather than after it.
             raise CalibrationError(
-                f"quantile {quantile} needs at least {needed} calibration samples, got {n_cal} "
+                f"{calibration_need(self.threshold, quantile)} calibration samples, got {n_cal} "
                 f"({calibration_fraction:g} of {n} usable rows); lower the quantile or give more "
                 "normal data (or a larger calibration_fraction)"
             )
@@ -548,7 +552,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         cal_scores, _ = self._score_encoded(
             preprocessor.transform(frame.iloc[cal_rows], impute=impute)
         )
-        self.thresholder_ = QuantileThreshold(quantile).fit(cal_scores)
+        self.thresholder_ = make_threshold(self.threshold, quantile).fit(cal_scores)
         self.threshold_ = self.thresholder_.threshold_
         # Row labels of each part, so a caller can check calibration rows were never trained on.
         self.split_index_ = {
@@ -798,10 +802,10 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
             val_parts.append((fit_end, fit_end + n_val))
             cal_parts.append((fit_end + n_val, end))
         n_cal_points = sum(e - s for s, e in cal_parts)
-        needed = min_calibration_size(quantile)
+        needed = min_calibration_size(quantile, self.threshold)
         if n_cal_points < needed:
             raise CalibrationError(
-                f"quantile {quantile} needs at least {needed} calibration points, got "
+                f"{calibration_need(self.threshold, quantile)} calibration points, got "
                 f"{n_cal_points} ({calibration_fraction:g} of {len(layout.times)} points); lower "
                 "the quantile or give a longer normal stretch"
             )
@@ -856,10 +860,10 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         cal_scores = cal_scores[np.isfinite(cal_scores)]
         if len(cal_scores) < needed:
             raise CalibrationError(
-                f"quantile {quantile} needs at least {needed} calibration points, only "
+                f"{calibration_need(self.threshold, quantile)} calibration points, only "
                 f"{len(cal_scores)} could be scored; give a longer normal stretch"
             )
-        self.thresholder_ = QuantileThreshold(quantile).fit(cal_scores)
+        self.thresholder_ = make_threshold(self.threshold, quantile).fit(cal_scores)
         self.threshold_ = self.thresholder_.threshold_
         self.split_index_ = {
             "fit": fit_points,
