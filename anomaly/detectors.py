@@ -186,7 +186,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         lstm_seq2seq: one entry per LSTM layer, all equal (default ``(64, 64)``). conv1d:
         channels of the strided convolutions (default ``(32, 16)``).
     latent_dim : int, optional
-        Code size (dense, lstm_seq2seq); default ceil(width / 2) <= 32 (dense), 8..32 (lstm).
+        Code size (dense, lstm_seq2seq); default width - 1 <= 32 (dense), 8..32 (lstm).
     activation, dropout, batch_norm
         Hidden-layer settings.
     variational : bool

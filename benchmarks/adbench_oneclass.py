@@ -9,8 +9,9 @@ AutoencoderDetector takes the 60% part itself (calibration_fraction=0.2; of the 
 early stopping), so its scaler is fitted on its fit rows only.
 
 Methods: IsolationForest (200 trees), AutoencoderDetector with defaults, and with n_estimators=5;
-``ae_old_width`` is the default detector with the code width of the earlier rule (the input width
-clipped to 8..32) instead of today's ceil(width / 2) <= 32, for comparing the two rules.
+``ae_old_width`` / ``ae_half_width`` are the default detector with the code width of the earlier
+rule (the input width clipped to 8..32) or half the width (<= 32) instead of today's width - 1
+(<= 32), for comparing the rules.
 
 Run: python benchmarks/adbench_oneclass.py [--datasets DIR] [--seeds 3] [--pyod] [--all]
      [--methods iforest autoencoder ae_old_width] [--threads 1]
@@ -138,7 +139,9 @@ def main() -> None:
     parser.add_argument(
         "--methods", nargs="*", default=None, help="methods to run (default: all but ae_old_width)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -162,6 +165,9 @@ def main() -> None:
         "pyod_ae": run_pyod,
         "ae_old_width": lambda X, *a: run_autoencoder(
             X, *a, latent_dim=min(32, max(8, X.shape[1]))
+        ),
+        "ae_half_width": lambda X, *a: run_autoencoder(
+            X, *a, latent_dim=max(1, min(32, -(-X.shape[1] // 2)))
         ),
     }
     if args.methods:

@@ -50,7 +50,7 @@ def test_variational_eval_is_deterministic_and_training_samples():
 
 @pytest.mark.parametrize(
     "width,hidden,latent",
-    [(1, (64,), 1), (6, (64,), 3), (21, (64,), 11), (36, (128,), 18), (784, (512,), 32)],
+    [(1, (64,), 1), (6, (64,), 5), (21, (64,), 20), (36, (128,), 32), (784, (512,), 32)],
 )
 def test_default_layout_from_input_width(width, hidden, latent):
     assert default_dense_layout(width) == (hidden, latent)
@@ -69,8 +69,8 @@ def test_default_detector_network_has_the_narrow_code(rng):
 
     X = rng.normal(size=(300, 6))
     det = AutoencoderDetector(epochs=2, random_state=0, verbose=False, device="cpu").fit(X)
-    assert det.module_config_["latent_dim"] == 3
-    assert det.latent(X[:5]).shape == (5, 3)
+    assert det.module_config_["latent_dim"] == 5
+    assert det.latent(X[:5]).shape == (5, 5)
 
 
 def test_bad_config_is_refused():
