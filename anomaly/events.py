@@ -366,3 +366,35 @@ def find_events(
     """Events of one table on its own (no earlier batch); see :meth:`EventTracker.update`."""
     tracker = EventTracker(feature_names, settings)
     return tracker.update(series, times, scores, p_values, flagged, feature_errors)
+
+
+def scored_events(
+    scored: pd.DataFrame,
+    feature_errors: np.ndarray,
+    feature_names: list[str] | tuple[str, ...],
+    time_column: str | None,
+    series_column: str | None,
+    settings: EventSettings | None = None,
+    state: str | None = None,
+) -> tuple[pd.DataFrame, EventTracker]:
+    """Events of a scored series table (``anomaly_score``, ``p_value``, ``is_anomaly``, keys).
+
+    ``feature_errors`` is aligned with ``scored``'s rows. Rows that repeat an earlier row's
+    point (``duplicate_of_row`` set) are left out, so a merged duplicate counts once. ``state``
+    is the tracker's JSON after the previous batch. Returns the events and the tracker, whose
+    :meth:`~EventTracker.to_json` is the state to keep for the next batch.
+    """
+    keep = np.ones(len(scored), dtype=bool)
+    if "duplicate_of_row" in scored.columns:
+        keep = scored["duplicate_of_row"].isna().to_numpy()
+    rows = scored.loc[keep]
+    tracker = EventTracker(feature_names, settings, state)
+    events = tracker.update(
+        None if series_column is None else rows[series_column].to_numpy(),
+        None if time_column is None else rows[time_column].to_numpy(),
+        rows["anomaly_score"].to_numpy(dtype=np.float64),
+        rows["p_value"].to_numpy(dtype=np.float64),
+        rows["is_anomaly"].to_numpy(dtype=bool),
+        np.asarray(feature_errors, dtype=np.float64)[keep],
+    )
+    return events, tracker
