@@ -392,7 +392,9 @@ def score_series_files(
 
     ``context_path`` is a small Parquet file with the last ``window - 1`` points of every series
     seen so far: read before the first file when it exists, written (atomically) after the
-    last. Without it, the first rows of each run are scored without earlier points.
+    last. Without it, the first rows of each run are scored without earlier points. No events
+    are found here (see :func:`score_files_to`), and the context written drops any open
+    events it held: their counts of quiet points would be stale after these rows.
     """
     batch, context = _score_series(model, data, context_path)
     if context_path is not None and context is not None:
