@@ -121,6 +121,10 @@ def train(
     quantile: Annotated[
         float | None, typer.Option(help="Threshold quantile of calibration errors")
     ] = None,
+    threshold: Annotated[
+        str | None,
+        typer.Option(help="quantile (conformal) or pot (a generalized Pareto tail fit)"),
+    ] = None,
     nan_policy: Annotated[
         str | None, typer.Option(help="reject or impute rows with NaN/inf features")
     ] = None,
@@ -159,6 +163,7 @@ def train(
             "image_size": _image_size(image_size),
             "channels": channels,
             "image_column": image_column,
+            "threshold": threshold,
         }
         detector = settings.detector.model_copy(
             update={k: v for k, v in overrides.items() if v is not None}
@@ -302,6 +307,7 @@ def _print_scored(result: ScoreResult) -> None:
                 "rejects": result.rejects,
                 "quarantine": result.quarantine,
                 "entries not read": len(result.skipped),
+                "anomaly events (series)": f"{result.n_events} closed, {result.n_open_events} open",
                 "MLflow run": result.run_id or "not logged",
             },
         )

@@ -42,6 +42,7 @@ from anomaly.models import (
     DenseConfig,
     Objective,
     default_dense_layout,
+    default_sequence_latent,
     elementwise_error,
 )
 from anomaly.models.losses import IMAGE_LOSSES, LOSSES
@@ -55,7 +56,7 @@ from anomaly.models.sequence import (
 )
 from anomaly.preprocessing import SeriesScaler, TabularPreprocessor
 from anomaly.reduction import REDUCTIONS, reduce_errors, reduce_last, source_matrix, topk_count
-from anomaly.thresholds import QuantileThreshold, min_calibration_size
+from anomaly.thresholds import calibration_need, make_threshold, min_calibration_size
 from anomaly.training import (
     TrainingConfig,
     TrainingHistory,
@@ -90,7 +91,6 @@ def build_module(
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     window = params.get("window")
-    _, default_latent = default_dense_layout(n_features)
     options: dict[str, Any]
     if model == "lstm_seq2seq":
         sizes = tuple(params["hidden_layers"] or (64, 64))
@@ -103,7 +103,7 @@ def build_module(
                 n_features=n_features,
                 hidden_size=sizes[0],
                 num_layers=len(sizes),
-                latent_dim=params["latent_dim"] or default_latent,
+                latent_dim=params["latent_dim"] or default_sequence_latent(n_features),
                 dropout=params["dropout"],
                 variational=params["variational"],
             )
@@ -192,7 +192,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         lstm_seq2seq: one entry per LSTM layer, all equal (default ``(64, 64)``). conv1d:
         channels of the strided convolutions (default ``(32, 16)``).
     latent_dim : int, optional
-        Size of the latent code (dense, lstm_seq2seq). Default: the input width, clipped to 8..32.
+        Code size (dense, lstm_seq2seq); default width - 1 <= 32 (dense), 8..32 (lstm).
     activation, dropout, batch_norm
         Hidden-layer settings.
     variational : bool
@@ -284,6 +284,8 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         for every kind (columns, features per time step, pixels).
     image_column : str
         Images in Parquet files: the column holding encoded image bytes.
+    threshold : {"quantile", "pot"}
+        Conformal quantile, or a fitted tail (:class:`~anomaly.thresholds.PotThreshold`).
     """
 
     def __init__(
@@ -336,6 +338,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         ssim_weight: float = 1.0,
         topk_fraction: float = 0.05,
         image_column: str = "image",
+        threshold: Literal["quantile", "pot"] = "quantile",
     ):
         self.model = model
         self.hidden_layers = hidden_layers
@@ -385,6 +388,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         self.ssim_weight = ssim_weight
         self.topk_fraction = topk_fraction
         self.image_column = image_column
+        self.threshold = threshold
 
     # ------------------------------------------------------------------ fitting
     def _validate_params(self) -> None:
@@ -519,11 +523,11 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
             order[n_cal : n_cal + n_val],
             order[n_cal + n_val :],
         )
-        needed = min_calibration_size(quantile)
+        needed = min_calibration_size(quantile, self.threshold)
         if n_cal < needed:
             # Checked before training, which may take long, rather than after it.
             raise CalibrationError(
-                f"quantile {quantile} needs at least {needed} calibration samples, got {n_cal} "
+                f"{calibration_need(self.threshold, quantile)} calibration samples, got {n_cal} "
                 f"({calibration_fraction:g} of {n} usable rows); lower the quantile or give more "
                 "normal data (or a larger calibration_fraction)"
             )
@@ -557,7 +561,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         cal_scores, _ = self._score_encoded(
             preprocessor.transform(frame.iloc[cal_rows], impute=impute)
         )
-        self.thresholder_ = QuantileThreshold(quantile).fit(cal_scores)
+        self.thresholder_ = make_threshold(self.threshold, quantile).fit(cal_scores)
         self.threshold_ = self.thresholder_.threshold_
         # Row labels of each part, so a caller can check calibration rows were never trained on.
         self.split_index_ = {
@@ -808,10 +812,10 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
             val_parts.append((fit_end, fit_end + n_val))
             cal_parts.append((fit_end + n_val, end))
         n_cal_points = sum(e - s for s, e in cal_parts)
-        needed = min_calibration_size(quantile)
+        needed = min_calibration_size(quantile, self.threshold)
         if n_cal_points < needed:
             raise CalibrationError(
-                f"quantile {quantile} needs at least {needed} calibration points, got "
+                f"{calibration_need(self.threshold, quantile)} calibration points, got "
                 f"{n_cal_points} ({calibration_fraction:g} of {len(layout.times)} points); lower "
                 "the quantile or give a longer normal stretch"
             )
@@ -866,10 +870,10 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         cal_scores = cal_scores[np.isfinite(cal_scores)]
         if len(cal_scores) < needed:
             raise CalibrationError(
-                f"quantile {quantile} needs at least {needed} calibration points, only "
+                f"{calibration_need(self.threshold, quantile)} calibration points, only "
                 f"{len(cal_scores)} could be scored; give a longer normal stretch"
             )
-        self.thresholder_ = QuantileThreshold(quantile).fit(cal_scores)
+        self.thresholder_ = make_threshold(self.threshold, quantile).fit(cal_scores)
         self.threshold_ = self.thresholder_.threshold_
         self.split_index_ = {
             "fit": fit_points,

@@ -30,6 +30,26 @@ class CalibrationError(AnomalyError, ValueError):
     """The calibration set cannot support the requested threshold."""
 
 
+class TailTooShortError(CalibrationError):
+    """A tail-fitted (POT) threshold has too few calibration scores in its tail to fit.
+
+    ``n_excesses`` is how many there were, ``needed`` how many the fit asks for.
+    """
+
+    def __init__(self, message: str, *, n_excesses: int, needed: int):
+        self.n_excesses = n_excesses
+        self.needed = needed
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only fields survive pickling (Prefect, Dask) only through this.
+        return (_tail_too_short_error, (str(self), self.n_excesses, self.needed))
+
+
+def _tail_too_short_error(message: str, n_excesses: int, needed: int) -> TailTooShortError:
+    return TailTooShortError(message, n_excesses=n_excesses, needed=needed)
+
+
 class InvalidRowsError(AnomalyError, ValueError):
     """Rows with NaN/inf features reached a path that cannot reject them."""
 

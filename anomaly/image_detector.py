@@ -26,7 +26,12 @@ from anomaly.models import (
     elementwise_error,
 )
 from anomaly.reduction import reduce_errors
-from anomaly.thresholds import QuantileThreshold, min_calibration_size
+from anomaly.thresholds import (
+    QuantileThreshold,
+    calibration_need,
+    make_threshold,
+    min_calibration_size,
+)
 from anomaly.training import (
     TrainingConfig,
     infer_in_batches,
@@ -88,6 +93,7 @@ class ImageDetectorMixin:
     topk_fraction: float
     batch_size: int
     random_state: int
+    threshold: str
     module_: nn.Module
     objective_: Objective
     device_: torch.device
@@ -118,10 +124,10 @@ class ImageDetectorMixin:
         n_cal = round(n * calibration_fraction)
         n_val = round(n * validation_fraction)
         cal, val, fit = order[:n_cal], order[n_cal : n_cal + n_val], order[n_cal + n_val :]
-        needed = min_calibration_size(quantile)
+        needed = min_calibration_size(quantile, self.threshold)
         if n_cal < needed:
             raise CalibrationError(
-                f"quantile {quantile} needs at least {needed} calibration images, got {n_cal} "
+                f"{calibration_need(self.threshold, quantile)} calibration images, got {n_cal} "
                 f"({calibration_fraction:g} of {n}); lower the quantile or give more normal images"
             )
         if len(fit) < 2:
@@ -168,7 +174,9 @@ class ImageDetectorMixin:
         }
         for name, value in fitted.items():
             setattr(self, name, value)
-        self.thresholder_ = QuantileThreshold(quantile).fit(self._image_scores(images[cal]))
+        self.thresholder_ = make_threshold(self.threshold, quantile).fit(
+            self._image_scores(images[cal])
+        )
         self.threshold_ = self.thresholder_.threshold_
         self.split_index_ = {
             "fit": pd.Index(fit),

@@ -43,7 +43,7 @@ from anomaly.errors import ModelFileError
 from anomaly.integrity import sign_manifest, verify_signature
 from anomaly.models import IMAGE_MODELS, Objective
 from anomaly.preprocessing import SeriesScaler, TabularPreprocessor
-from anomaly.thresholds import threshold_from_dict
+from anomaly.thresholds import threshold_from_saved
 from anomaly.training import TrainingHistory, resolve_device
 
 # Rebuilds a network from the model family and the config saved with it.
@@ -246,7 +246,7 @@ def _fitted(
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise ModelFileError(f"{calibration_file}: expected one tensor 'scores' ({exc})") from exc
     objective = Objective(**config["objective"])
-    threshold = threshold_from_dict(config["threshold"]).fit(calibration)
+    threshold = threshold_from_saved(config["threshold"], calibration)
     if threshold.threshold_ != config["threshold"]["threshold"]:
         raise ModelFileError(
             f"{calibration_file}: calibration scores do not reproduce the saved threshold"

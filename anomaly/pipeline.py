@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from anomaly.config import TrainSettings
 from anomaly.data.images import (
@@ -36,6 +37,7 @@ from anomaly.data.schema import OUTPUT_COLUMNS
 from anomaly.data.series import list_series_files, read_series, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
 from anomaly.errors import DataFileError, NotLoggedError, SchemaError
+from anomaly.events import EventSettings, EventTracker, scored_events
 from anomaly.models import IMAGE_MODELS
 from anomaly.monitoring import GateResult
 from anomaly.plots import heatmap_rgb
@@ -151,6 +153,58 @@ def context_path_for(output: str | os.PathLike[str], model_name: str) -> Path:
     return Path(output).with_name(f"{model_name}.context.parquet")
 
 
+# Footer key of the context file holding the event tracker's state: the two move together.
+EVENT_STATE_KEY = "anomaly.events"
+
+
+def events_path_for(output: str | os.PathLike[str]) -> Path:
+    """Events of a time-series run, beside the output: ``scores.parquet`` -> ``scores.events.parquet``."""
+    out = Path(output)
+    return out.with_name(f"{out.stem}.events.parquet")
+
+
+@dataclass(frozen=True)
+class SeriesStreamResult(StreamResult):
+    """A time-series run's :class:`StreamResult` plus its events file and counts.
+
+    ``n_events`` counts events that closed in this run (summed over runs, each event once),
+    ``n_open_events`` those still open at its end (listed with ``open`` set, closed later).
+    """
+
+    events: Path | None = None
+    n_events: int = 0
+    n_open_events: int = 0
+
+
+def _event_state(context_path: str | os.PathLike[str] | None) -> str | None:
+    if context_path is None or not Path(context_path).exists():
+        return None
+    raw = (pq.read_schema(context_path).metadata or {}).get(EVENT_STATE_KEY.encode())
+    return None if raw is None else raw.decode()
+
+
+def _series_events(
+    batch: ScoredBatch,
+    detector: AutoencoderDetector,
+    context_path: str | os.PathLike[str] | None,
+    settings: EventSettings | None,
+) -> tuple[pd.DataFrame, EventTracker]:
+    policy = detector.series_policy_
+    names = tuple(detector.schema_.feature_names)
+    errors = batch.feature_errors
+    if errors is None:  # every file quarantined: no scored rows
+        errors = np.zeros((batch.n_scored, len(names)))
+    return scored_events(
+        batch.scored,
+        errors,
+        names,
+        policy.time_column,
+        policy.series_column,
+        settings,
+        _event_state(context_path),
+    )
+
+
 def score_files_to(
     model: LoadedModel,
     data: str,
@@ -160,6 +214,7 @@ def score_files_to(
     dask_address: str | None = None,
     context_path: str | os.PathLike[str] | None = None,
     heatmaps: bool = False,
+    event_settings: EventSettings | None = None,
 ) -> StreamResult:
     """Score every Parquet file of ``data`` straight into the output files, in bounded memory.
 
@@ -172,8 +227,12 @@ def score_files_to(
     (:func:`score_series_files`, continuing from ``context_path``) and then written.
     So is an image batch (decoded images are the unit, not Parquet record batches); with
     ``heatmaps`` its flagged images' error maps are written as PNG beside the output.
+    A time-series run also writes its anomaly events (:mod:`anomaly.events`, grouped by
+    ``event_settings``) to :func:`events_path_for` the output, carrying open events to the next
+    run in ``context_path``, and returns a :class:`SeriesStreamResult`.
     """
     rejects_path = Path(rejects) if rejects is not None else rejects_path_for(output)
+    events_path = events_path_for(output) if model.detector.window is not None else None
     check_output_paths(
         data,
         {
@@ -182,13 +241,22 @@ def score_files_to(
             "quarantine list": quarantine_path_for(output),
             "context": context_path,
             "unlogged-run record": unlogged_record_path(output),
+            "events": events_path,
         },
         {"heat-map": heatmaps_dir_for(output) if heatmaps else None},
     )
     # One run at a time per output; temporaries of a killed earlier run go before this one writes.
-    with output_lock(output, rejects_path, quarantine_path_for(output), context_path):
+    with output_lock(output, rejects_path, quarantine_path_for(output), context_path, events_path):
         return _score_files_to(
-            model, data, output, rejects_path, dask, dask_address, context_path, heatmaps
+            model,
+            data,
+            output,
+            rejects_path,
+            dask,
+            dask_address,
+            context_path,
+            heatmaps,
+            event_settings,
         )
 
 
@@ -201,6 +269,7 @@ def _score_files_to(
     dask_address: str | None,
     context_path: str | os.PathLike[str] | None,
     heatmaps: bool,
+    event_settings: EventSettings | None = None,
 ) -> StreamResult:
     detector = model.detector
     if detector.window is not None or detector.model in IMAGE_MODELS:
@@ -211,11 +280,27 @@ def _score_files_to(
             batch = score_files(model, data)
         out, rej = write_outputs(batch, output, rejects_path, heatmaps=heatmaps)
         quarantine = write_quarantine(batch.quarantined, quarantine_path_for(output))
-        # The context moves on only once the outputs are in place: a run killed before this
-        # leaves it as it was, so the rerun scores the same rows the same way.
+        result = StreamResult.of_batch(batch, out, rej, quarantine)
+        if detector.window is None:
+            return result
+        events, tracker = _series_events(batch, detector, context_path, event_settings)
+        events_file = write_parquet_atomic(events, events_path_for(output), role="events")
+        # The context (with the open events) moves on only once the outputs are in place: a
+        # run killed before this leaves it as it was, so the rerun scores the same rows the
+        # same way and finds the same events.
         if context_path is not None and context is not None:
-            write_parquet_atomic(context, context_path, role="context")
-        return StreamResult.of_batch(batch, out, rej, quarantine)
+            write_parquet_atomic(
+                context,
+                context_path,
+                role="context",
+                metadata={EVENT_STATE_KEY: tracker.to_json()},
+            )
+        return SeriesStreamResult(
+            **{f.name: getattr(result, f.name) for f in fields(StreamResult)},
+            events=events_file,
+            n_events=tracker.n_closed,
+            n_open_events=tracker.n_open,
+        )
     args = (model.detector, data, output, rejects_path, model.name, model.version)
     if dask or dask_address:
         from anomaly.distributed import score_parquet_dask
@@ -301,7 +386,9 @@ def _combine(
     for batch in batches:
         for key, value in batch.series_counts.items():
             counts[key] = counts.get(key, 0) + value
+    errors = [b.feature_errors for b in batches]
     return ScoredBatch(
+        feature_errors=None if any(e is None for e in errors) else np.concatenate(errors),  # type: ignore[arg-type]
         scored=pd.concat([b.scored for b in batches], ignore_index=True),
         # Concatenating only empty frames would lose their columns' dtypes.
         rejected=pd.concat(rejected, ignore_index=True)
@@ -319,7 +406,9 @@ def score_series_files(
 
     ``context_path`` is a small Parquet file with the last ``window - 1`` points of every series
     seen so far: read before the first file when it exists, written (atomically) after the
-    last. Without it, the first rows of each run are scored without earlier points.
+    last. Without it, the first rows of each run are scored without earlier points. No events
+    are found here (see :func:`score_files_to`), and the context written drops any open
+    events it held: their counts of quiet points would be stale after these rows.
     """
     batch, context = _score_series(model, data, context_path)
     if context_path is not None and context is not None:
@@ -441,6 +530,9 @@ class ScoreResult:
     quarantine: str | None = None
     # Entries of the input directory or glob that were not read, ``(path, reason)``.
     skipped: tuple[tuple[str, str], ...] = ()
+    # Time series: events closed in this run, and those still open at its end.
+    n_events: int = 0
+    n_open_events: int = 0
 
     @property
     def partial(self) -> bool:
@@ -473,6 +565,8 @@ class ScoreResult:
             rows_quarantined=batch.n_quarantined_rows,
             quarantine=None if quarantine is None else str(quarantine),
             skipped=tuple((str(s.path), s.reason) for s in skipped),
+            n_events=getattr(batch, "n_events", 0),
+            n_open_events=getattr(batch, "n_open_events", 0),
         )
 
 

@@ -15,7 +15,7 @@ from anomaly.errors import SchemaError
 from anomaly.models import IMAGE_MODELS
 from anomaly.monitoring import GateResult, GateSettings, promotion_gate
 from anomaly.scoring import score_frame
-from anomaly.thresholds import FixedThreshold, QuantileThreshold
+from anomaly.thresholds import FixedThreshold, PotThreshold, QuantileThreshold, make_threshold
 from anomaly.tracking import (
     CHAMPION,
     RegisteredModel,
@@ -175,8 +175,10 @@ def change_threshold(
         raise ValueError("give a reason for the threshold change; it is recorded for audit")
     source = load_registered_detector(model_uri, tracking, device="cpu")
     calibration = source.detector.thresholder_.calibration_scores_
+    # A tail-fitted model stays tail-fitted: a new quantile is read off the refitted tail.
+    kind = "pot" if isinstance(source.detector.thresholder_, PotThreshold) else "quantile"
     thresholder: QuantileThreshold = (
-        QuantileThreshold(quantile).fit(calibration)
+        make_threshold(kind, quantile).fit(calibration)
         if quantile is not None
         else FixedThreshold(float(value)).fit(calibration)  # type: ignore[arg-type]
     )

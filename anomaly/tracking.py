@@ -618,6 +618,8 @@ def log_scoring_run(
             "rows_quarantined": batch.n_quarantined_rows,
             "files_quarantined": len(batch.quarantined),
             "files_skipped": len(skipped),
+            # Series: anomaly events closed in this batch (each counted once over batches).
+            **({"events": batch.n_events} if hasattr(batch, "n_events") else {}),
             "anomaly_rate": batch.anomaly_rate,
             "threshold": model.detector.threshold_,
             **{f"series_{k}": v for k, v in batch.series_counts.items()},

@@ -8,9 +8,13 @@ at the calibrated threshold on test normals, averaged over seeds. Both detectors
 AutoencoderDetector takes the 60% part itself (calibration_fraction=0.2; of the rest, 1/8 goes to
 early stopping), so its scaler is fitted on its fit rows only.
 
-Methods: IsolationForest (200 trees), AutoencoderDetector with defaults, and with n_estimators=5.
+Methods: IsolationForest (200 trees), AutoencoderDetector with defaults, and with n_estimators=5;
+``ae_old_width`` / ``ae_half_width`` are the default detector with the code width of the earlier
+rule (the input width clipped to 8..32) or half the width (<= 32) instead of today's width - 1
+(<= 32), for comparing the rules.
 
-Run: python benchmarks/adbench_oneclass.py [--datasets DIR] [--seeds 3] [--pyod]
+Run: python benchmarks/adbench_oneclass.py [--datasets DIR] [--seeds 3] [--pyod] [--all]
+     [--methods iforest autoencoder ae_old_width] [--threads 1]
 """
 
 from __future__ import annotations
@@ -29,6 +33,23 @@ from sklearn.preprocessing import StandardScaler
 from anomaly import AutoencoderDetector, QuantileThreshold
 
 DATASETS = ("2_annthyroid", "6_cardio", "30_satellite", "32_shuttle", "38_thyroid")
+ALL_DATASETS = (
+    "2_annthyroid",
+    "6_cardio",
+    "7_Cardiotocography",
+    "12_fault",
+    "19_landsat",
+    "20_letter",
+    "27_PageBlocks",
+    "28_pendigits",
+    "30_satellite",
+    "32_shuttle",
+    "35_SpamBase",
+    "38_thyroid",
+    "40_vowels",
+    "44_Wilt",
+    "47_yeast",
+)
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
@@ -114,7 +135,18 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", default=None, help="dataset names to run (default: all five)"
     )
+    parser.add_argument("--all", action="store_true", help="run all fifteen ADBench sets")
+    parser.add_argument(
+        "--methods", nargs="*", default=None, help="methods to run (default: all but ae_old_width)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     folder = args.datasets / "adbench"
     if not folder.is_dir():
         raise SystemExit(
@@ -128,9 +160,24 @@ def main() -> None:
     }
     if args.pyod:
         methods["pyod_ae"] = run_pyod
+    every = {
+        **methods,
+        "pyod_ae": run_pyod,
+        "ae_old_width": lambda X, *a: run_autoencoder(
+            X, *a, latent_dim=min(32, max(8, X.shape[1]))
+        ),
+        "ae_half_width": lambda X, *a: run_autoencoder(
+            X, *a, latent_dim=max(1, min(32, -(-X.shape[1] // 2)))
+        ),
+    }
+    if args.methods:
+        unknown = sorted(set(args.methods) - set(every))
+        if unknown:
+            raise SystemExit(f"unknown methods {unknown}; choose from {sorted(every)}")
+        methods = {m: every[m] for m in args.methods}
     rows = []
     started = time.perf_counter()
-    for name in args.only or DATASETS:
+    for name in args.only or (ALL_DATASETS if args.all else DATASETS):
         data = np.load(folder / f"{name}.npz", allow_pickle=False)
         X, y = data["X"].astype(np.float64), data["y"].astype(int)
         for seed in range(args.seeds):

@@ -200,3 +200,22 @@ def test_a_version_for_other_input_is_never_promoted_over_the_champion(
     assert (
         tags["gate.passed"] == "false" and "register it under another name" in tags["gate.reasons"]
     )
+
+
+def test_threshold_set_on_a_pot_model_refits_the_tail(normal_table, tracking_config):
+    from anomaly import AutoencoderDetector
+    from anomaly.thresholds import PotThreshold
+
+    detector = AutoencoderDetector(
+        threshold="pot", epochs=5, verbose=False, device="cpu", categorical_columns=["machine_type"]
+    ).fit(normal_table, quantile=0.99)
+    log_training_run(detector, normal_table, "train.parquet", tracking_config)
+    _, old_thr, new_thr = change_threshold(
+        "models:/test-detector/1", tracking_config, "rarer pages", quantile=0.999
+    )
+    cal = detector.thresholder_.calibration_scores_  # 500 rows: no conformal 0.999 exists
+    assert old_thr == detector.threshold_
+    assert new_thr == PotThreshold(0.999).fit(cal).threshold_ > old_thr
+    reloaded = load_registered_detector("models:/test-detector/2", tracking_config)
+    assert isinstance(reloaded.detector.thresholder_, PotThreshold)
+    assert reloaded.detector.threshold_ == new_thr

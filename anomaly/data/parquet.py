@@ -85,13 +85,17 @@ def read_table(source: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def write_parquet_atomic(
-    frame: pd.DataFrame, path: str | os.PathLike[str], role: str | None = None
+    frame: pd.DataFrame,
+    path: str | os.PathLike[str],
+    role: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write ``frame`` to ``path`` through a temporary file in the same directory, then rename.
 
     Readers never see a half-written file, and a crash leaves at most a hidden temporary file.
     ``role`` marks the file as a run's output of that role (see :mod:`anomaly.data.paths`), so
-    input listings of later runs pass over it.
+    input listings of later runs pass over it. ``metadata`` is added to the file's footer (the
+    series context keeps its event state there, so both move in one rename).
     """
     target = Path(path)
     try:
@@ -101,6 +105,13 @@ def write_parquet_atomic(
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
         table = pa.Table.from_pandas(frame, preserve_index=False)
+        if metadata:
+            table = table.replace_schema_metadata(
+                {
+                    **(table.schema.metadata or {}),
+                    **{k.encode(): v.encode() for k, v in metadata.items()},
+                }
+            )
         pq.write_table(table if role is None else mark_output(table, role), tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())

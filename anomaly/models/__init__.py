@@ -6,6 +6,7 @@ from anomaly.models.dense import (
     DenseAutoencoder,
     DenseConfig,
     default_dense_layout,
+    default_sequence_latent,
 )
 from anomaly.models.losses import LossName, Objective, elementwise_error
 from anomaly.models.noise import NoiseName, corrupt
@@ -28,6 +29,7 @@ __all__ = [
     "Reconstruction",
     "corrupt",
     "default_dense_layout",
+    "default_sequence_latent",
     "elementwise_error",
     "ssim",
     "ssim_map",

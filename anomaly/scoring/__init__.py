@@ -60,6 +60,8 @@ class RowScores:
     feature_names: tuple[str, ...]
     # (n_ok,) object: features far outside the training range ("a, b"), None when none.
     out_of_range: np.ndarray
+    # Time series only: (n_ok, n_features) error of each point per feature (for events).
+    per_feature: np.ndarray | None = None
 
     @property
     def top_feature(self) -> np.ndarray:
@@ -163,6 +165,7 @@ def _series_row_arrays(
         reasons=np.asarray(reasons, dtype=object)[~ok],
         feature_names=tuple(detector.schema_.feature_names),
         out_of_range=detector.schema_.out_of_range(frame[ok]),
+        per_feature=values[ok, 1:],
     )
     return rows, layout.counts
 
@@ -228,6 +231,8 @@ class ScoredBatch:
     images: ImageReview | None = None
     # Input files set aside whole (not Parquet, a column missing ...), each with its reason.
     quarantined: tuple[QuarantinedFile, ...] = ()
+    # Time series only: (n_scored, n_features) per-feature error of each scored row, for events.
+    feature_errors: np.ndarray | None = None
 
     @property
     def n_quarantined_rows(self) -> int:
@@ -341,7 +346,12 @@ def score_frame(
         raise AssertionError(
             f"rows in {len(frame)} != scored {len(scored)} + rejected {len(rejected)}"
         )
-    return ScoredBatch(scored=scored, rejected=rejected, series_counts=series_counts)
+    return ScoredBatch(
+        scored=scored,
+        rejected=rejected,
+        series_counts=series_counts,
+        feature_errors=rows.per_feature,
+    )
 
 
 def score_images(

@@ -49,10 +49,28 @@ def test_variational_eval_is_deterministic_and_training_samples():
 
 
 @pytest.mark.parametrize(
-    "width,hidden,latent", [(6, (64,), 8), (21, (64,), 21), (36, (128,), 32), (784, (512,), 32)]
+    "width,hidden,latent",
+    [(1, (64,), 1), (6, (64,), 5), (21, (64,), 20), (36, (128,), 32), (784, (512,), 32)],
 )
 def test_default_layout_from_input_width(width, hidden, latent):
     assert default_dense_layout(width) == (hidden, latent)
+
+
+def test_default_code_is_narrower_than_the_input():
+    # An over-complete code (the old rule gave 6 features an 8-wide code) can learn the identity.
+    for width in range(2, 201):
+        _, latent = default_dense_layout(width)
+        assert 1 <= latent < width, width
+    assert default_dense_layout(1)[1] == 1  # no narrower code than one unit exists
+
+
+def test_default_detector_network_has_the_narrow_code(rng):
+    from anomaly import AutoencoderDetector
+
+    X = rng.normal(size=(300, 6))
+    det = AutoencoderDetector(epochs=2, random_state=0, verbose=False, device="cpu").fit(X)
+    assert det.module_config_["latent_dim"] == 5
+    assert det.latent(X[:5]).shape == (5, 5)
 
 
 def test_bad_config_is_refused():
