@@ -29,7 +29,7 @@ from anomaly import plots
 from anomaly.data.schema import invalid_row_reasons
 from anomaly.errors import ModelFileError, ModelNotFoundError
 from anomaly.integrity import MANIFEST_TAG, manifest_digest, verify_digest
-from anomaly.tracking_uri import check_tracking_uri, require_store
+from anomaly.tracking_uri import check_tracking_uri, require_store, sqlite_path
 
 if TYPE_CHECKING:
     from anomaly.data.images import ImageBatch
@@ -82,12 +82,16 @@ class TrackingConfig(BaseModel):
         config = cls(**data)
         if os.environ.get("MLFLOW_TRACKING_URI"):
             config = config.model_copy(update={"tracking_uri": os.environ["MLFLOW_TRACKING_URI"]})
+        # A relative SQLite path means the current folder *now*: MLflow keeps one store per URI
+        # string for the life of the process, so a later chdir would read another folder's.
+        if (db := sqlite_path(config.tracking_uri)) is not None and not db.is_absolute():
+            config = config.model_copy(update={"tracking_uri": f"sqlite:///{db.resolve()}"})
         config._looked_for, config._found = file.resolve(), file.is_file()
         return config
 
     def origin(self) -> str:
         """Where these settings came from, for error messages."""
-        if os.environ.get("MLFLOW_TRACKING_URI") == self.tracking_uri:
+        if os.environ.get("MLFLOW_TRACKING_URI"):
             return "MLFLOW_TRACKING_URI"
         if self._looked_for is None:
             return "settings given in code"

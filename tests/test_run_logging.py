@@ -127,7 +127,7 @@ def test_locked_store_ends_scored_not_logged_and_log_run_logs_it_later(workdir, 
     logged = runner.invoke(app, ["log-run", str(output)])
     assert logged.exit_code == 0, logged.output
     assert not unlogged_record_path(output).exists()
-    mlflow.set_tracking_uri("sqlite:///cli.db")
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'cli.db'}")
     runs = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name("cli").experiment_id],
         filter_string="tags.`anomaly.run_type` = 'scoring' and attributes.status = 'FINISHED'",
@@ -153,7 +153,7 @@ def test_entries_not_read_are_listed_in_the_summary_and_the_run(workdir):
     assert "notes.csv: not a .parquet/.parq/.pq file" in text
     assert "gone.parquet: a symlink whose target does not exist" in text
     assert "again.parquet: the same file as" in text
-    mlflow.set_tracking_uri("sqlite:///cli.db")
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'cli.db'}")
     client = MlflowClient()
     run = client.search_runs(
         [client.get_experiment_by_name("cli").experiment_id],

@@ -1,5 +1,7 @@
 """Tracking against a real temporary MLflow SQLite store."""
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -93,7 +95,7 @@ def test_loading_from_a_missing_store_never_creates_one(tmp_path, monkeypatch):
     with pytest.raises(TrackingStoreError) as error:
         load_registered_detector("models:/anything@champion", config)
     message = str(error.value)
-    assert "no tracking store at sqlite:///mlflow.db" in message
+    assert f"no tracking store at sqlite:///{tmp_path / 'mlflow.db'}" in message
     assert f"built-in defaults ({tmp_path / 'mlflow.yaml'} not found)" in message
     assert list(tmp_path.iterdir()) == []
 
@@ -118,9 +120,10 @@ def test_environment_overrides_tracking_uri(tmp_path, monkeypatch):
     config_file = tmp_path / "mlflow.yaml"
     config_file.write_text("tracking_uri: sqlite:///a.db\nexperiment_name: x\n")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert TrackingConfig.load(config_file).tracking_uri == "sqlite:///a.db"
+    # Relative SQLite paths are fixed to the current folder when the settings are read.
+    assert TrackingConfig.load(config_file).tracking_uri == f"sqlite:///{Path.cwd() / 'a.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///b.db")
-    assert TrackingConfig.load(config_file).tracking_uri == "sqlite:///b.db"
+    assert TrackingConfig.load(config_file).tracking_uri == f"sqlite:///{Path.cwd() / 'b.db'}"
 
 
 def test_unknown_keys_in_mlflow_yaml_are_refused(tmp_path):
