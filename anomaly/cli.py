@@ -307,8 +307,12 @@ def _print_scored(result: ScoreResult) -> None:
                 "rejects": result.rejects,
                 "quarantine": result.quarantine,
                 "entries not read": len(result.skipped),
-                "anomaly events (series)": f"{result.n_events} closed, {result.n_open_events} open",
                 "MLflow run": result.run_id or "not logged",
+                **(
+                    {"anomaly events": f"{result.n_events} closed, {result.n_open_events} open"}
+                    if result.n_events or result.n_open_events
+                    else {}
+                ),
             },
         )
     )
@@ -407,6 +411,53 @@ def threshold_set(
             },
         )
     )
+
+
+@threshold_app.command("show")
+def threshold_show(
+    model_uri: Annotated[
+        str, typer.Argument(help="models:/NAME/VERSION, models:/NAME@ALIAS or models:/NAME/latest")
+    ],
+    last: Annotated[int, typer.Option(min=1, help="How many recent scoring runs to list")] = 10,
+    tracking_config: TrackingOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Show a version's threshold: quantile, calibration, expected false-positive rate, recent batches."""
+    from anomaly.review import threshold_report
+    from anomaly.tracking import TrackingConfig
+
+    _setup_logging(verbose)
+    try:
+        report = threshold_report(model_uri, TrackingConfig.load(tracking_config), last=last)
+    except Exception as exc:
+        _fail(exc, verbose)
+    out = Console()
+    out.print(
+        _table(
+            f"Threshold of {report.model_uri}",
+            {
+                "threshold": f"{report.threshold:.6g} ({report.kind})",
+                "quantile": f"{report.quantile:.4g}",
+                "expected false-positive rate": f"{report.expected_rate:.2%} of normal rows",
+                "calibration rows": report.calibration_size,
+                "smallest rate they resolve": f"{report.resolution:.2%} (1 / (n + 1))",
+            },
+        )
+    )
+    levels = Table(title="Calibration errors")
+    levels.add_column("quantile", justify="right")
+    levels.add_column("error", justify="right")
+    for level, value in report.calibration_quantiles:
+        levels.add_row(f"{level:g}", f"{value:.6g}")
+    out.print(levels)
+    batches = Table(title=f"Last {len(report.recent)} scoring runs (newest first)")
+    for name in ("run", "started", "rows scored", "flagged"):
+        batches.add_column(name, justify="left" if name in ("run", "started") else "right")
+    for batch in report.recent:
+        batches.add_row(
+            batch.run_name, batch.started, str(batch.rows_scored), f"{batch.anomaly_rate:.2%}"
+        )
+    out.print(batches if report.recent else "no scoring runs of this version yet")
 
 
 @app.command()

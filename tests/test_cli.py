@@ -83,3 +83,30 @@ def test_errors_are_one_clear_line_and_exit_code_2(workdir):
     )
     assert unknown.exit_code == 2
     assert "models:/ghost/3: not found" in unknown.output
+
+
+def test_threshold_show_reports_calibration_and_recent_batches(workdir, incoming_table):
+    trained = runner.invoke(
+        app,
+        ["train", "train.parquet", "--categorical", "machine_type", "--keys",
+         "reading_id,timestamp", "--epochs", "3", "--quantile", "0.9"],
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    scored = runner.invoke(app, ["score", "incoming", "--output", "out/s.parquet"])
+    assert scored.exit_code == 0, scored.output
+    flagged = pd.read_parquet(workdir / "out" / "s.parquet")["is_anomaly"].mean()
+
+    shown = runner.invoke(app, ["threshold", "show", "models:/cli-model/1"])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    from anomaly.tracking import TrackingConfig, load_registered_detector
+
+    detector = load_registered_detector("models:/cli-model/1", TrackingConfig.load()).detector
+    assert f"{detector.threshold_:.6g} (quantile)" in text
+    assert "10.00% of normal rows" in text
+    assert f"calibration rows │ {len(detector.thresholder_.calibration_scores_)}" in text
+    assert "0.999" in text and "Calibration errors" in text
+    assert f"{flagged:.2%}" in text and "Last 1 scoring runs" in text
+
+    missing = runner.invoke(app, ["threshold", "show", "models:/cli-model/9"])
+    assert missing.exit_code == 2 and "models:/cli-model/9" in missing.output
