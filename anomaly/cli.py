@@ -55,6 +55,15 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
+ModelNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model-name",
+        help="Registered model to use (default: registered_model_name in mlflow.yaml); "
+        "one name per kind of model, e.g. sensors, vibration-series, parts-images",
+    ),
+]
+
 # Exit status of a scoring run that quarantined some input files (2 is a run that failed).
 PARTIAL_FAILURE_EXIT = 3
 # Exit status of a run whose outputs are complete but whose MLflow run could not be logged.
@@ -138,6 +147,7 @@ def train(
         str | None, typer.Option(help="Images in Parquet: the column of encoded image bytes")
     ] = None,
     run_name: Annotated[str | None, typer.Option(help="MLflow run name")] = None,
+    model_name: ModelNameOpt = None,
     tracking_config: TrackingOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -175,7 +185,7 @@ def train(
             }
         )
         settings = TrainSettings.model_validate(settings.model_dump())
-        tracking = TrackingConfig.load(tracking_config)
+        tracking = TrackingConfig.load(tracking_config, model_name)
         result = run_train(data, settings, tracking, run_name=run_name)
     except Exception as exc:
         _fail(exc, verbose)
@@ -240,6 +250,7 @@ def score(
             min=1, help="Tries at logging the run to MLflow (a busy store), 2 s apart and doubling"
         ),
     ] = 3,
+    model_name: ModelNameOpt = None,
     tracking_config: TrackingOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -257,7 +268,7 @@ def score(
     _setup_logging(verbose)
     not_logged: NotLoggedError | None = None
     try:
-        tracking = TrackingConfig.load(tracking_config)
+        tracking = TrackingConfig.load(tracking_config, model_name)
         uri = model_uri or tracking.champion_model_uri
         result = run_score(
             data,
@@ -416,9 +427,14 @@ def threshold_set(
 @threshold_app.command("show")
 def threshold_show(
     model_uri: Annotated[
-        str, typer.Argument(help="models:/NAME/VERSION, models:/NAME@ALIAS or models:/NAME/latest")
-    ],
+        str,
+        typer.Argument(
+            help="models:/NAME/VERSION, models:/NAME@ALIAS or models:/NAME/latest "
+            "(default: the champion of --model-name)"
+        ),
+    ] = "",
     last: Annotated[int, typer.Option(min=1, help="How many recent scoring runs to list")] = 10,
+    model_name: ModelNameOpt = None,
     tracking_config: TrackingOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -428,7 +444,8 @@ def threshold_show(
 
     _setup_logging(verbose)
     try:
-        report = threshold_report(model_uri, TrackingConfig.load(tracking_config), last=last)
+        tracking = TrackingConfig.load(tracking_config, model_name)
+        report = threshold_report(model_uri or tracking.champion_model_uri, tracking, last=last)
     except Exception as exc:
         _fail(exc, verbose)
     out = Console()
@@ -469,6 +486,7 @@ def serve(
     landing: Annotated[str | None, typer.Option(help="Landing folder to watch")] = None,
     output_dir: Annotated[str | None, typer.Option(help="Folder for scored files")] = None,
     train_data: Annotated[str | None, typer.Option(help="Normal data to retrain on")] = None,
+    model_name: ModelNameOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the nightly retraining and landing-folder scoring deployments from this process.
@@ -488,7 +506,12 @@ def serve(
         ServeSettings, serve_all = deployments.ServeSettings, deployments.serve_all
 
         data = yaml.safe_load(config.read_text()) or {} if config else {}
-        overrides = {"landing": landing, "output_dir": output_dir, "train_data": train_data}
+        overrides = {
+            "landing": landing,
+            "output_dir": output_dir,
+            "train_data": train_data,
+            "model_name": model_name,
+        }
         settings = ServeSettings(**(data | {k: v for k, v in overrides.items() if v is not None}))
     except Exception as exc:
         _fail(exc, verbose)

@@ -71,14 +71,21 @@ class TrackingConfig(BaseModel):
         return f"models:/{self.registered_model_name}@{CHAMPION}"
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None) -> TrackingConfig:
-        """Read ``path`` (default ``./mlflow.yaml`` if present, else built-in defaults)."""
+    def load(
+        cls, path: str | os.PathLike[str] | None = None, model_name: str | None = None
+    ) -> TrackingConfig:
+        """Read ``path`` (default ``./mlflow.yaml`` if present, else built-in defaults).
+
+        ``model_name`` replaces ``registered_model_name``: one store, several models side by side.
+        """
         file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
         data: dict[str, Any] = {}
         if file.is_file():
             data = yaml.safe_load(file.read_text()) or {}
         elif path is not None:
             raise FileNotFoundError(f"{file}: tracking config not found")
+        if model_name:
+            data["registered_model_name"] = model_name
         config = cls(**data)
         if os.environ.get("MLFLOW_TRACKING_URI"):
             config = config.model_copy(update={"tracking_uri": os.environ["MLFLOW_TRACKING_URI"]})

@@ -31,6 +31,9 @@ class ServeSettings(BaseModel):
         30.0, ge=0, description="Leave files younger than this (still being copied in)"
     )
     tracking_config: str | None = Field(None, description="mlflow.yaml (default ./mlflow.yaml)")
+    model_name: str | None = Field(
+        None, description="Registered model to retrain and serve (default: mlflow.yaml's)"
+    )
     notification_block: str | None = Field(
         None, description="Prefect notification block for alerts, e.g. slack-webhook/ops"
     )
@@ -51,6 +54,7 @@ def build_deployments(settings: ServeSettings | None = None) -> list[Any]:
             "data": settings.train_data,
             "settings": settings.train_settings.model_dump(),
             "tracking_config": settings.tracking_config,
+            "model_name": settings.model_name,
         },
         tags=["anomaly", "training"],
         description="Retrain on normal data; the new version becomes champion only if it passes the gate.",
@@ -63,6 +67,7 @@ def build_deployments(settings: ServeSettings | None = None) -> list[Any]:
             "landing": settings.landing,
             "output_dir": settings.output_dir,
             "tracking_config": settings.tracking_config,
+            "model_name": settings.model_name,
             "alerts": settings.alerts.model_dump(),
             "notification_block": settings.notification_block,
             "min_age_seconds": settings.min_age_seconds,

@@ -85,10 +85,12 @@ def landing_flow(
     notification_block: str | None = None,
     min_age_seconds: float = 0.0,
     device: str = "auto",
+    model_name: str | None = None,
 ) -> State[Any] | LandingRun:
     """Score every Parquet file in ``landing`` not yet in the ledger of ``output_dir``.
 
-    Uses ``model_uri`` (default ``models:/NAME@champion``). A file that fails is left out of the
+    Uses ``model_uri`` (default ``models:/NAME@champion``, NAME from ``model_name`` or
+    mlflow.yaml). A file that fails is left out of the
     ledger for the next run while the others go on; the run then ends Failed naming it. A file
     that cannot be scored at all (not Parquet, a column missing) is quarantined in the ledger
     and the run ends in a Failed state named ``PartialFailure``. A batch
@@ -99,7 +101,7 @@ def landing_flow(
     """
     logger = get_run_logger()
     alerts = alerts or AlertSettings()
-    tracking = TrackingConfig.load(tracking_config)
+    tracking = TrackingConfig.load(tracking_config, model_name)
     model = load_model(model_uri or tracking.champion_model_uri, tracking, device)
     run = LandingRun(model_uri=model.model_uri)
     for file in find_new_files(landing, output_dir, min_age_seconds):

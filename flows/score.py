@@ -81,6 +81,7 @@ def score_flow(
     dask: bool = False,
     dask_address: str | None = None,
     heatmaps: bool = False,
+    model_name: str | None = None,
 ) -> ScoreResult | State[ScoreResult]:
     """Score every Parquet file under ``data`` with ``model_uri`` (default: ``models:/NAME@champion``).
 
@@ -95,7 +96,7 @@ def score_flow(
     error maps as PNG files beside the output.
     """
     check_output_path(output)
-    tracking = TrackingConfig.load(tracking_config)
+    tracking = TrackingConfig.load(tracking_config, model_name)
     model = load_model(model_uri or tracking.champion_model_uri, tracking, device)
     context = context or str(context_path_for(output, model.name))
     batch = score_data(model, data, output, rejects, dask, dask_address, context, heatmaps)

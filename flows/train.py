@@ -94,15 +94,16 @@ def train_flow(
     run_name: str | None = None,
     holdout: str | None = None,
     labelled: str | None = None,
+    model_name: str | None = None,
 ) -> RegisteredModel:
     """Fit an autoencoder on normal data, calibrate, log to MLflow, register and gate a version.
 
     The version becomes ``models:/NAME@champion`` only if it passes the promotion gate on
     ``holdout`` (default: a share of ``data`` kept out of training) and, with ``labelled`` data,
-    the AUROC floor.
+    the AUROC floor. ``model_name`` registers under that name instead of mlflow.yaml's.
     """
     settings = settings or TrainSettings()
-    tracking = TrackingConfig.load(tracking_config)
+    tracking = TrackingConfig.load(tracking_config, model_name)
     frame = load_normal_data(data, settings)
     if holdout:
         fit_frame, holdout_frame = frame, load_normal_data(holdout, settings)

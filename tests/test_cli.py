@@ -110,3 +110,48 @@ def test_threshold_show_reports_calibration_and_recent_batches(workdir, incoming
 
     missing = runner.invoke(app, ["threshold", "show", "models:/cli-model/9"])
     assert missing.exit_code == 2 and "models:/cli-model/9" in missing.output
+
+
+def test_two_model_names_side_by_side(workdir, incoming_table):
+    """An image model under its own name leaves the tabular champion and its scoring alone."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from anomaly.data.synthetic import make_blob_images
+
+    def png(image):
+        buffer = io.BytesIO()
+        Image.fromarray(np.round(image[0] * 255).astype(np.uint8)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    images = make_blob_images(150, (16, 16), seed=4)
+    frame = pd.DataFrame({"item": np.arange(150), "img": [png(i) for i in images]})
+    write_parquet_atomic(frame, workdir / "images.parquet")
+    tabular = runner.invoke(
+        app,
+        ["train", "train.parquet", "--categorical", "machine_type", "--keys",
+         "reading_id,timestamp", "--epochs", "3", "--model-name", "sensors"],
+    )  # fmt: skip
+    assert tabular.exit_code == 0, tabular.output
+    assert "sensors version 1" in tabular.output
+    image = runner.invoke(
+        app,
+        ["train", "images.parquet", "--model", "conv", "--keys", "item", "--image-column", "img",
+         "--epochs", "2", "--image-size", "16x16", "--model-name", "parts"],
+    )  # fmt: skip
+    assert image.exit_code == 0, image.output
+    assert "parts version 1" in image.output
+
+    scored = runner.invoke(
+        app, ["score", "incoming", "--output", "out/s.parquet", "--model-name", "sensors"]
+    )
+    assert scored.exit_code == 0, scored.output
+    assert len(pd.read_parquet(workdir / "out" / "s.parquet")) == len(incoming_table)
+    shown = runner.invoke(app, ["threshold", "show", "--model-name", "parts"])
+    assert shown.exit_code == 0, shown.output
+    assert "models:/parts/1" in " ".join(shown.output.split())
+    # mlflow.yaml's own name has no version at all: nothing was registered under it.
+    default = runner.invoke(app, ["score", "incoming", "--output", "out/d.parquet"])
+    assert default.exit_code == 2 and "cli-model" in default.output
