@@ -30,6 +30,7 @@ DEFAULT_MEMORY_KEYS = 1 << 20
 # Elements per side of one step of an on-disk merge (about 20 MiB in flight at 2 x 256 Ki).
 MERGE_CHUNK = 1 << 18
 _PROBES = 3
+_ADD_SLICE = 1 << 16
 
 
 def _search(hashes: np.ndarray, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -71,8 +72,12 @@ class BloomFilter:
 
     def add(self, hashes: np.ndarray) -> None:
         """Set ``hashes`` ``(n,)`` uint64 in the filter."""
-        bits = self._probes(hashes).ravel()
-        np.bitwise_or.at(self._words, bits >> np.uint64(6), np.uint64(1) << (bits & np.uint64(63)))
+        # In slices: the probes of a million hashes at once would take 90 MiB of temporaries.
+        for start in range(0, len(hashes), _ADD_SLICE):
+            bits = self._probes(hashes[start : start + _ADD_SLICE]).ravel()
+            np.bitwise_or.at(
+                self._words, bits >> np.uint64(6), np.uint64(1) << (bits & np.uint64(63))
+            )
 
     def may_contain(self, hashes: np.ndarray) -> np.ndarray:
         """False where a hash was certainly never added, True where it may have been; ``(n,)`` bool."""
