@@ -119,11 +119,12 @@ def make_optimizer(module: nn.Module, config: TrainingConfig) -> torch.optim.Opt
     fused = bool(params) and all(
         p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params
     )
+    if fused:
+        return torch.optim.Adam(
+            params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
+        )
     return torch.optim.Adam(
-        params,
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-        **({"fused": True} if fused else {"foreach": True}),
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=True
     )
 
 
@@ -177,9 +178,11 @@ def train_autoencoder(
     train_losses: list[float] = []
     val_losses: list[float] = []
     # The best weights so far live in tensors allocated once and overwritten in place on each
-    # improvement: no deep copy of the state dict (and no allocation) per improving epoch.
-    live_state = module.state_dict()
-    best_state = {name: tensor.detach().clone() for name, tensor in live_state.items()}
+    # improvement: no deep copy of the state dict (and no allocation) per improving epoch. The
+    # live tensors are the parameters and buffers themselves, not state_dict()'s (which a module
+    # may build as copies, as the batched ensemble does to keep the saved layout).
+    live = [*module.parameters(), *module.buffers()]
+    best_state = [t.detach().clone() for t in live]
     best, best_epoch, waited = math.inf, 0, 0
     stopped_early = False
     started = time.perf_counter()
@@ -218,8 +221,8 @@ def train_autoencoder(
             if watched < best - config.min_delta * abs(best if math.isfinite(best) else watched):
                 best, best_epoch, waited = watched, epoch, 0
                 with torch.no_grad():
-                    for name, tensor in live_state.items():
-                        best_state[name].copy_(tensor)
+                    for kept, tensor in zip(best_state, live, strict=True):
+                        kept.copy_(tensor)
             else:
                 waited += 1
             shown = f"train {train_losses[-1]:.4g}" + (
@@ -230,7 +233,9 @@ def train_autoencoder(
             if waited >= config.patience:
                 stopped_early = True
                 break
-    module.load_state_dict(best_state)
+    with torch.no_grad():
+        for tensor, kept in zip(live, best_state, strict=True):
+            tensor.copy_(kept)
     module.eval()
     seconds = time.perf_counter() - started
     logger.info(

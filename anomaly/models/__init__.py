@@ -7,6 +7,7 @@ from anomaly.models.dense import (
     DenseConfig,
     default_dense_layout,
 )
+from anomaly.models.ensemble import BatchedDenseEnsemble, ensemble_of
 from anomaly.models.losses import LossName, Objective, elementwise_error
 from anomaly.models.noise import NoiseName, corrupt
 from anomaly.models.outputs import Reconstruction
@@ -18,6 +19,7 @@ IMAGE_MODELS: tuple[str, ...] = ("conv",)
 __all__ = [
     "IMAGE_MODELS",
     "AutoencoderEnsemble",
+    "BatchedDenseEnsemble",
     "ConvAutoencoder",
     "ConvConfig",
     "DenseAutoencoder",
@@ -29,6 +31,7 @@ __all__ = [
     "corrupt",
     "default_dense_layout",
     "elementwise_error",
+    "ensemble_of",
     "ssim",
     "ssim_map",
 ]
