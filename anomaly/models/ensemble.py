@@ -141,6 +141,30 @@ class BatchedDenseEnsemble(nn.Module):
         batched.load_state_dict(state)
         return batched
 
+    @property
+    def members(self) -> list[nn.Module]:
+        """Each member as a standalone module, with a copy of its current weights.
+
+        For inspection (a member's own reconstruction or code); changing these copies does not
+        change the ensemble.
+        """
+        state = self.state_dict()
+        device = self.output.weight.device
+        out: list[nn.Module] = []
+        with torch.random.fork_rng(devices=[]):  # building them must not move the random stream
+            for i in range(self.n_members):
+                member: nn.Module = (
+                    WindowedDense(self.config, self.window)
+                    if self.window
+                    else DenseAutoencoder(self.config)
+                )
+                head = f"members.{i}."
+                member.load_state_dict(
+                    {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
+                )
+                out.append(member.to(device).train(self.training))
+        return out
+
     def forward(self, x: torch.Tensor) -> Reconstruction:
         flat = x.reshape(len(x), -1) if self.window else x
         h = self.encoder(flat)

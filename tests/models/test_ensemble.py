@@ -96,3 +96,17 @@ def test_other_families_stay_sequential() -> None:
 
     members = [ConvAutoencoder(ConvConfig(image_size=(8, 8))) for _ in range(2)]
     assert isinstance(ensemble_of(members), AutoencoderEnsemble)
+
+
+def test_members_are_standalone_copies_that_reconstruct_as_the_ensemble() -> None:
+    torch.manual_seed(5)
+    batched = BatchedDenseEnsemble.from_members(_members(3, variational=True)).eval()
+    x = torch.randn(8, 6)
+    stacked = batched(x).x_hat
+    members = batched.members
+    assert len(members) == 3 and all(isinstance(m, DenseAutoencoder) for m in members)
+    for i, member in enumerate(members):
+        torch.testing.assert_close(member.eval()(x).x_hat, stacked[i])
+    with torch.no_grad():
+        members[0].output.weight.zero_()
+    torch.testing.assert_close(batched(x).x_hat, stacked)  # the ensemble is unchanged
