@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-# 16 MiB of filter bits: at 3 probes, a false-positive rate of 6e-4 after 4 M spilled keys and
-# 0.03 after 16 M; past that it lets more lookups through to the runs, which stay exact.
+# 16 MiB of filter bits: a false-positive rate of about 1e-3 after 4 M spilled keys and 0.04
+# after 16 M; past that it lets more lookups through to the runs, which stay exact.
 DEFAULT_BLOOM_BITS = 1 << 27
 # 1 Mi keys (16 MiB of hashes and rows) in memory before the first spill: a file of that many
 # distinct keys never touches the disk. Merging levels in memory briefly needs about 3x that.
@@ -48,7 +48,14 @@ def _search(hashes: np.ndarray, rows: np.ndarray, queries: np.ndarray) -> np.nda
 
 
 class BloomFilter:
-    """A fixed-size Bloom filter over 64-bit hashes (already well mixed, so probes derive from them).
+    """A fixed-size blocked Bloom filter over 64-bit hashes (already well mixed).
+
+    Each hash sets ``3`` bits of one 64-bit word (Putze, Sanders and Singler's blocked filter):
+    the word from the hash's top bits, the bit positions from its low bits. One word per hash
+    makes a lookup one gather, and since the word index grows with the hash, the sorted hashes
+    of a spilled run set their words in one pass (no per-bit scatter, which took a quarter of
+    the time of an 8 M-key file). Its false-positive rate is a little above a classic filter's
+    of the same size: about 1e-3 after 4 M keys in 16 MiB.
 
     Parameters
     ----------
@@ -57,35 +64,39 @@ class BloomFilter:
     """
 
     def __init__(self, n_bits: int = DEFAULT_BLOOM_BITS):
-        if n_bits < 64 or n_bits & (n_bits - 1):
-            raise ValueError(f"n_bits must be a power of two of at least 64, got {n_bits}")
+        if n_bits < 128 or n_bits & (n_bits - 1):
+            raise ValueError(f"n_bits must be a power of two of at least 128, got {n_bits}")
         self.n_bits = n_bits
         self._words = np.zeros(n_bits // 64, dtype=np.uint64)
+        self._shift = np.uint64(64 - (n_bits // 64).bit_length() + 1)
 
-    def _probes(self, hashes: np.ndarray) -> np.ndarray:
-        # Double hashing (Kirsch and Mitzenmacher): probe i is h1 + i * h2, h2 odd.
+    def _slots(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h = np.asarray(hashes, dtype=np.uint64)
-        h1 = h
-        h2 = (h >> np.uint64(32)) | np.uint64(1)
-        mask = np.uint64(self.n_bits - 1)
-        return np.stack([(h1 + np.uint64(i) * h2) & mask for i in range(_PROBES)])
+        word = h >> self._shift
+        one = np.uint64(1)
+        mask = np.zeros(len(h), dtype=np.uint64)
+        for i in range(_PROBES):
+            mask |= one << ((h >> np.uint64(6 * i)) & np.uint64(63))
+        return word, mask
 
     def add(self, hashes: np.ndarray) -> None:
-        """Set ``hashes`` ``(n,)`` uint64 in the filter."""
-        # In slices: the probes of a million hashes at once would take 90 MiB of temporaries.
+        """Set ``hashes`` ``(n,)`` uint64 in the filter (fastest when sorted, as runs are)."""
+        # In slices, so the temporaries stay small whatever the run's size.
         for start in range(0, len(hashes), _ADD_SLICE):
-            bits = self._probes(hashes[start : start + _ADD_SLICE]).ravel()
-            np.bitwise_or.at(
-                self._words, bits >> np.uint64(6), np.uint64(1) << (bits & np.uint64(63))
-            )
+            word, mask = self._slots(hashes[start : start + _ADD_SLICE])
+            if len(word) > 1 and bool((word[1:] < word[:-1]).any()):
+                order = np.argsort(word, kind="stable")
+                word, mask = word[order], mask[order]
+            # Hashes that share a word: their masks OR-ed together, then one write per word.
+            firsts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
+            self._words[word[firsts]] |= np.bitwise_or.reduceat(mask, firsts)
 
     def may_contain(self, hashes: np.ndarray) -> np.ndarray:
         """False where a hash was certainly never added, True where it may have been; ``(n,)`` bool."""
         if not len(hashes):
             return np.zeros(0, dtype=bool)
-        bits = self._probes(hashes)
-        words = self._words[bits >> np.uint64(6)]
-        return np.all((words >> (bits & np.uint64(63))) & np.uint64(1) == 1, axis=0)
+        word, mask = self._slots(hashes)
+        return (self._words[word] & mask) == mask
 
     @property
     def nbytes(self) -> int:
