@@ -156,8 +156,9 @@ def train_autoencoder(
 ) -> TrainingHistory:
     """Train ``module`` in place and leave it at its best validation epoch, in eval mode.
 
-    Data is copied to the device once and batched by index, so no per-sample Python work
-    happens in the loop. Early stopping watches the validation loss (the training loss when
+    Data is copied to the device once, shuffled by one gather per epoch and batched as views,
+    so no per-sample Python work and no host sync happens per step (the loss is read once per
+    epoch). Early stopping watches the validation loss (the training loss when
     there is no validation set).
 
     Parameters
