@@ -18,7 +18,8 @@ trains (``pyod/models/base_dl.py``): StandardScaler, a map-style dataset read ro
 step, a ``copy.deepcopy`` of the state dict on every improving epoch, then the training rows
 scored batch by batch. It is labelled ``PyOD-style loop`` in the output; it is not PyOD itself.
 
-Each timing is the best of ``--repeats`` runs (the machine may be shared). ``--threads 1,2``
+Each timing is the best of ``--repeats`` rounds that interleave all contenders (the machine
+may be shared). ``--threads 1,2``
 repeats everything with each torch thread count. Also printed: ``fit`` time over the training
 loop's own time (the loop alone is ``history_.samples_per_second``), and ``n_estimators=5`` over
 ``n_estimators=1`` fit time at each batch size.
@@ -33,6 +34,8 @@ import argparse
 import copy
 import importlib.util
 import time
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -73,11 +76,6 @@ def ours(
     sync(device)
     seconds = time.perf_counter() - start
     return det.fit_info_["n_fit"] * epochs / seconds, det.history_.samples_per_second, det
-
-
-def best_of(repeats: int, fn, *args, **kwargs):
-    """The run with the highest first value (a rate) of ``repeats`` calls."""
-    return max((fn(*args, **kwargs) for _ in range(repeats)), key=lambda r: r[0])
 
 
 def pyod(X: np.ndarray, epochs: int, batch_size: int):
@@ -232,38 +230,49 @@ def main() -> None:
         if device.startswith("cuda"):
             print(f"cuda: {torch.cuda.get_device_name()}")
         ours(device, X_fit[:5_000], 1, 256)  # warm-up: thread pools, CUDA context
+    det: AutoencoderDetector | None = None
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         print(f"--- {torch.get_num_threads()} torch thread(s)")
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            rates: dict[str, float] = {}
-            det = None
+            # Rounds interleave every contender, so a burst of load on a shared machine slows
+            # all of them in some round rather than one of them in all; best of the rounds.
+            runs: dict[str, Callable[[], tuple]] = {}
             for device in devices:
-                fit_rate, loop_rate, det = best_of(
-                    args.repeats, ours, device, X_fit, args.epochs, batch_size
-                )
-                rates[device] = fit_rate
+                runs[device] = partial(ours, device, X_fit, args.epochs, batch_size)
+                if not args.no_ensemble:
+                    runs[f"{device}/5"] = partial(ours, device, X_fit, args.epochs, batch_size, 5)
+            if not args.no_pyod:
+                runs["baseline"] = partial(baseline, X_fit, args.epochs, batch_size)
+            best: dict[str, tuple] = {}
+            for _ in range(args.repeats):
+                for name, run in runs.items():
+                    result = run()
+                    if name not in best or result[0] > best[name][0]:
+                        best[name] = result
+            det = best[devices[-1]][2]
+            for device in devices:
+                fit_rate, loop_rate, _ = best[device]
                 print(
                     f"batch {batch_size:4d} | ours ({device}): fit {fit_rate:>11,.0f} samples/s, "
                     f"training loop alone {loop_rate:,.0f} -> fit/loop time {loop_rate / fit_rate:.2f}"
                 )
-                if not args.no_ensemble:
-                    five, _, _ = best_of(
-                        args.repeats, ours, device, X_fit, args.epochs, batch_size, 5
-                    )
+                if f"{device}/5" in best:
+                    five = best[f"{device}/5"][0]
                     print(
                         f"batch {batch_size:4d} | ours ({device}): n_estimators=5 fit {five:>11,.0f} "
                         f"samples/s -> time 5 vs 1: {fit_rate / five:.2f}x"
                     )
-            if "cuda" in rates:
+            if "cuda" in best:
                 print(
-                    f"batch {batch_size:4d} | cuda/cpu train: {rates['cuda'] / rates['cpu']:.1f}x"
+                    f"batch {batch_size:4d} | cuda/cpu train: "
+                    f"{best['cuda'][0] / best['cpu'][0]:.1f}x"
                 )
-            if not args.no_pyod:
-                base_rate, model = best_of(args.repeats, baseline, X_fit, args.epochs, batch_size)
+            if "baseline" in best:
+                base_rate, model = best["baseline"]
                 print(
                     f"batch {batch_size:4d} | {baseline_name}: train {base_rate:>11,.0f} samples/s "
-                    f"-> ours (cpu) fit / baseline = {rates[devices[0]] / base_rate:.1f}x"
+                    f"-> ours ({devices[0]}) fit / baseline = {best[devices[0]][0] / base_rate:.1f}x"
                 )
                 ours_score = score_rate(det.score_samples, X_score, devices[-1])
                 base_score = score_rate(model.decision_function, X_score)
