@@ -17,7 +17,7 @@ export DO_NOT_TRACK ?= 1
 # Prefect's temporary local server may need longer than its 20 s default on a busy 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: demo test lint bench-adbench bench-stream bench-train bench-mnist clean
+.PHONY: demo test lint bench-adbench bench-stream bench-train bench-keys bench-mnist clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -47,10 +47,15 @@ SIZE_GB ?= 0.25
 bench-stream: $(VENV)/.installed
 	$(PY) benchmarks/streaming_score.py --size-gb $(SIZE_GB)
 
-# Training and score_samples throughput vs PyOD's AutoEncoder (same network, batch size, epochs).
+# Training and score_samples throughput vs PyOD's AutoEncoder (same network, batch size, epochs;
+# a PyOD-style stand-in loop where PyOD is missing), fit vs loop time, n_estimators=5 vs 1.
 bench-train: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) benchmarks/train_throughput.py
+
+# Peak memory of duplicate-key detection at N and 4N distinct keys, bounded vs all in memory.
+bench-keys: $(VENV)/.installed
+	$(PY) benchmarks/key_index_memory.py
 
 # One-class MNIST (10 digits x 3 seeds): conv autoencoder beside IsolationForest and a dense AE.
 bench-mnist: $(VENV)/.installed

@@ -37,13 +37,13 @@ from anomaly.image_detector import (
     image_module_from_config,
 )
 from anomaly.models import (
-    AutoencoderEnsemble,
     DenseAutoencoder,
     DenseConfig,
     Objective,
     default_dense_layout,
     default_sequence_latent,
     elementwise_error,
+    ensemble_of,
 )
 from anomaly.models.losses import IMAGE_LOSSES, LOSSES
 from anomaly.models.noise import NOISE_KINDS
@@ -163,7 +163,7 @@ def module_from_config(model: str, config: dict[str, Any]) -> nn.Module:
     n_members = config.get("n_members", 1)
     if n_members == 1:
         return one()
-    return AutoencoderEnsemble([one() for _ in range(n_members)])
+    return ensemble_of([one() for _ in range(n_members)])
 
 
 class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):

@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from anomaly.models import DenseAutoencoder, DenseConfig, Objective
-from anomaly.training import TrainingConfig, infer_in_batches, resolve_device, train_autoencoder
+from anomaly.training import (
+    TrainingConfig,
+    evaluate_loss,
+    infer_in_batches,
+    make_optimizer,
+    resolve_device,
+    train_autoencoder,
+)
 
 
 def correlated(n, rng):
@@ -95,3 +102,27 @@ def test_batch_size_one_trains_on_every_row(rng):
         module, Objective(), X, None, TrainingConfig(epochs=1, batch_size=1, progress=False)
     )
     assert history.samples_per_second * history.seconds == pytest.approx(40)
+
+
+def test_weights_left_are_those_of_the_best_epoch(rng):
+    # Early stopping on noise: the last epochs are worse than the best, so weights left at the
+    # last epoch would give a different validation loss than the best one recorded.
+    X = rng.normal(size=(300, 4)).astype(np.float32)
+    module = DenseAutoencoder(DenseConfig(4, (8,), 1, batch_norm=True))
+    config = TrainingConfig(
+        epochs=200, batch_size=32, patience=4, learning_rate=3e-2, device="cpu", progress=False
+    )
+    val = X[240:]
+    history = train_autoencoder(module, Objective(), X[:240], val, config)
+    assert history.stopped_early and history.best_epoch < len(history.val_loss)
+    assert history.val_loss[-1] != history.val_loss[history.best_epoch - 1]
+    again = evaluate_loss(module, Objective(), torch.from_numpy(val), 32, torch.device("cpu"))
+    assert again == pytest.approx(history.val_loss[history.best_epoch - 1], rel=1e-6)
+
+
+def test_adam_is_fused_on_cpu():
+    module = DenseAutoencoder(DenseConfig(4, (8,), 2))
+    config = TrainingConfig(progress=False)
+    optimizer = make_optimizer(module, config)
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.defaults["fused"] is True

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+from anomaly.data.key_index import (
+    DEFAULT_BLOOM_BITS,
+    DEFAULT_MEMORY_KEYS,
+    MERGE_CHUNK,
+    HashIndex,
+)
 
 
 def key_hashes(keys: pd.DataFrame) -> np.ndarray:
@@ -14,15 +23,21 @@ def key_hashes(keys: pd.DataFrame) -> np.ndarray:
 class KeyIndex:
     """Remembers the first row of every key seen in one file, fed in order, batch by batch.
 
-    Keys are kept as 64-bit hashes with their first row: 16 bytes per distinct key whatever the
-    key columns hold. The hashes sit in a few sorted arrays whose sizes at least double from the
-    newest to the oldest, merged as they fill (as a log-structured merge tree does), so a file of
-    n rows costs O(n log n) in all and each lookup O(log² n). Two different keys share a hash
-    with probability about n² / 2⁶⁵ (3e-6 for ten million rows).
+    Keys are kept as 64-bit hashes with their first row in a :class:`~anomaly.data.key_index.HashIndex`:
+    16 bytes per distinct key in memory up to ``memory_keys`` keys (16 MiB by default), then
+    sorted runs on disk behind a fixed 16 MiB Bloom filter, so memory stays flat however many
+    keys a file holds. Lookups are exact over the hashes. Two different keys share a hash with
+    probability about n² / 2⁶⁵ (3e-6 for ten million rows).
     """
 
-    def __init__(self) -> None:
-        self._levels: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted hashes, first rows)
+    def __init__(
+        self,
+        memory_keys: int = DEFAULT_MEMORY_KEYS,
+        bloom_bits: int = DEFAULT_BLOOM_BITS,
+        directory: str | Path | None = None,
+        merge_chunk: int = MERGE_CHUNK,
+    ) -> None:
+        self._index = HashIndex(memory_keys, bloom_bits, directory, merge_chunk)
 
     def earlier_rows(self, keys: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
         """For each row of ``keys`` (at file positions ``rows``), the position of an earlier row
@@ -37,25 +52,16 @@ class KeyIndex:
         unique, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         inverse = inverse.ravel()
         first_row = rows[first]
-        seen = np.full(len(unique), -1, dtype=np.int64)
-        for level_hashes, level_rows in self._levels:
-            at = np.searchsorted(level_hashes, unique)
-            at_clipped = np.minimum(at, len(level_hashes) - 1)
-            found = (at < len(level_hashes)) & (level_hashes[at_clipped] == unique)
-            seen[found] = level_rows[at_clipped[found]]
+        seen = self._index.lookup(unique)
         new = seen < 0
         earliest = np.where(new, first_row, seen)
         out = earliest[inverse]
         # The first occurrence of a new key is not a duplicate of itself.
         out[first[new]] = -1
         if new.any():
-            self._add(unique[new], first_row[new])
+            self._index.add(unique[new], first_row[new])
         return out
 
-    def _add(self, hashes: np.ndarray, rows: np.ndarray) -> None:
-        self._levels.append((hashes, rows))
-        while len(self._levels) > 1 and len(self._levels[-2][0]) <= 2 * len(self._levels[-1][0]):
-            (h1, r1), (h2, r2) = self._levels.pop(), self._levels.pop()
-            merged = np.concatenate([h2, h1])
-            order = np.argsort(merged, kind="stable")
-            self._levels.append((merged[order], np.concatenate([r2, r1])[order]))
+    def close(self) -> None:
+        """Forget every key and remove any runs written to disk."""
+        self._index.close()

@@ -8,6 +8,7 @@ from anomaly.models.dense import (
     default_dense_layout,
     default_sequence_latent,
 )
+from anomaly.models.ensemble import BatchedDenseEnsemble, ensemble_of
 from anomaly.models.losses import LossName, Objective, elementwise_error
 from anomaly.models.noise import NoiseName, corrupt
 from anomaly.models.outputs import Reconstruction
@@ -19,6 +20,7 @@ IMAGE_MODELS: tuple[str, ...] = ("conv",)
 __all__ = [
     "IMAGE_MODELS",
     "AutoencoderEnsemble",
+    "BatchedDenseEnsemble",
     "ConvAutoencoder",
     "ConvConfig",
     "DenseAutoencoder",
@@ -31,6 +33,7 @@ __all__ = [
     "default_dense_layout",
     "default_sequence_latent",
     "elementwise_error",
+    "ensemble_of",
     "ssim",
     "ssim_map",
 ]
