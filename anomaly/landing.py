@@ -30,8 +30,8 @@ from typing import Any
 from anomaly.data.parquet import file_sha256, list_parquet_files, output_lock
 from anomaly.data.paths import check_output_paths
 from anomaly.errors import DataFileError
+from anomaly.file_scoring import score_files, write_outputs
 from anomaly.monitoring import AlertSettings, BatchReport, monitor_batch
-from anomaly.pipeline import score_files, write_outputs
 from anomaly.quarantine import QuarantinedFile
 from anomaly.run_logging import log_with_retry
 from anomaly.tracking import LoadedModel, TrackingConfig, log_scoring_run
