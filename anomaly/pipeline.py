@@ -127,7 +127,14 @@ def train(
             frame, settings.gate.holdout_fraction, contiguous=settings.detector.window is not None
         )
     detector = fit_detector(fit_frame, settings)
-    registered = log_training_run(detector, fit_frame, data, tracking, run_name=run_name)
+    registered = log_training_run(
+        detector,
+        fit_frame,
+        data,
+        tracking,
+        run_name=run_name,
+        settings=settings.model_dump(mode="json"),
+    )
     gate = gate_and_promote(
         registered,
         detector,

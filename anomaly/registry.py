@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from anomaly.config import TrainSettings
 from anomaly.data.images import ImageBatch
 from anomaly.detectors import AutoencoderDetector
 from anomaly.errors import SchemaError
@@ -23,6 +24,7 @@ from anomaly.tracking import (
     alias_version,
     load_registered_detector,
     promote,
+    recorded_train_settings,
     register_threshold_change,
 )
 
@@ -145,14 +147,43 @@ def gate_and_promote(
     passes, whatever its figures: the gate refuses it with that reason.
     """
     result = evaluate_gate(detector, holdout, settings, labelled)
-    current = alias_version(model.name, CHAMPION, tracking)
-    if current is not None and current != model.version:
-        champion = load_registered_detector(f"models:/{model.name}/{current}", tracking, "cpu")
-        if (why := incompatibility(detector, champion.detector)) is not None:
-            reason = f"not promoted over version {current}: {why}; register it under another name"
-            result = replace(result, passed=False, reasons=(*result.reasons, reason))
+    result = check_against_champion(model, detector, result, tracking)
     promote(model, result, tracking)
     return result
+
+
+def champion_settings(tracking: TrackingConfig) -> TrainSettings | None:
+    """The training settings of the current champion, for a retrain; None without a record."""
+    name = tracking.registered_model_name
+    version = alias_version(name, CHAMPION, tracking)
+    if version is None:
+        logger.warning("no %s@%s yet: training with the given or default settings", name, CHAMPION)
+        return None
+    recorded = recorded_train_settings(name, version, tracking)
+    if recorded is None:
+        logger.warning(
+            "%s version %s recorded no training settings: training with the defaults", name, version
+        )
+        return None
+    logger.info("retraining with the settings of %s version %s", name, version)
+    return TrainSettings.model_validate(recorded)
+
+
+def check_against_champion(
+    model: RegisteredModel,
+    detector: AutoencoderDetector,
+    result: GateResult,
+    tracking: TrackingConfig,
+) -> GateResult:
+    """``result``, failed with the reason, when ``detector`` wants other input than the champion."""
+    current = alias_version(model.name, CHAMPION, tracking)
+    if current is None or current == model.version:
+        return result
+    champion = load_registered_detector(f"models:/{model.name}/{current}", tracking, "cpu")
+    if (why := incompatibility(detector, champion.detector)) is None:
+        return result
+    reason = f"not promoted over version {current}: {why}; register it under another name"
+    return replace(result, passed=False, reasons=(*result.reasons, reason))
 
 
 def change_threshold(

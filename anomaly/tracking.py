@@ -43,6 +43,7 @@ DEFAULT_CONFIG_PATH = Path("mlflow.yaml")
 _PYFUNC_ENTRY = Path(__file__).with_name("mlflow_model.py")
 _CALIBRATION_LEVELS = (0.5, 0.9, 0.95, 0.99, 0.999)
 CHAMPION = "champion"
+TRAIN_SETTINGS_ARTIFACT = "train_settings.json"
 _KEY_TAG = "anomaly.idempotency_key"
 
 
@@ -157,8 +158,12 @@ def log_training_run(
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     idempotency_key: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> RegisteredModel:
     """Log a fitted detector's run and register it as a new model version.
+
+    ``settings``: the training settings as JSON-able data, kept as ``train_settings.json`` so a
+    retrain can make the same kind of model (:func:`recorded_train_settings`).
 
     Logs every hyperparameter, the data split, per-epoch losses, the threshold and calibration
     error quantiles, the training data as a dataset input, review plots, a threshold review
@@ -204,6 +209,8 @@ def log_training_run(
         run_tags[_KEY_TAG] = _hash_key(idempotency_key)
     with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
         mlflow.log_params(_flat_params(detector))
+        if settings is not None:
+            mlflow.log_dict(settings, TRAIN_SETTINGS_ARTIFACT)
         mlflow.log_params(
             {f"data.{k}": v for k, v in detector.fit_info_.items()} | {"data.source": data_source}
         )
@@ -759,6 +766,20 @@ def promote(
             alias,
         )
     return gate.passed
+
+
+def recorded_train_settings(
+    name: str, version: str, config: TrackingConfig
+) -> dict[str, Any] | None:
+    """The training settings a version's run recorded, or None (a version registered before)."""
+    configure(config)
+    client = MlflowClient()
+    run_id = client.get_model_version(name, version).run_id
+    try:
+        loaded = mlflow.artifacts.load_dict(f"runs:/{run_id}/{TRAIN_SETTINGS_ARTIFACT}")
+    except (MlflowException, OSError):
+        return None
+    return dict(loaded)
 
 
 def alias_version(name: str, alias: str, config: TrackingConfig) -> str | None:

@@ -37,7 +37,10 @@ class ServeSettings(BaseModel):
     notification_block: str | None = Field(
         None, description="Prefect notification block for alerts, e.g. slack-webhook/ops"
     )
-    train_settings: TrainSettings = Field(default_factory=TrainSettings)
+    train_settings: TrainSettings | None = Field(
+        None,
+        description="Settings of the nightly retrain; unset: the champion's own training settings",
+    )
     alerts: AlertSettings = Field(default_factory=AlertSettings)
 
 
@@ -52,7 +55,11 @@ def build_deployments(settings: ServeSettings | None = None) -> list[Any]:
         cron=settings.train_cron,
         parameters={
             "data": settings.train_data,
-            "settings": settings.train_settings.model_dump(),
+            "settings": None
+            if settings.train_settings is None
+            else settings.train_settings.model_dump(mode="json"),
+            # A retrain makes the same kind of model as the one it would replace.
+            "reuse_champion_settings": settings.train_settings is None,
             "tracking_config": settings.tracking_config,
             "model_name": settings.model_name,
         },

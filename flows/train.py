@@ -13,7 +13,12 @@ from anomaly.data.images import ImageBatch
 from anomaly.detectors import AutoencoderDetector
 from anomaly.monitoring import GateResult, GateSettings
 from anomaly.pipeline import fit_detector, read_training_data
-from anomaly.registry import evaluate_gate, split_holdout
+from anomaly.registry import (
+    champion_settings,
+    check_against_champion,
+    evaluate_gate,
+    split_holdout,
+)
 from anomaly.tracking import RegisteredModel, TrackingConfig, log_training_run, promote
 from flows import retry_unless_bad_input
 
@@ -54,6 +59,7 @@ def log_and_register(
     data: str,
     tracking: TrackingConfig,
     run_name: str | None,
+    settings: TrainSettings,
 ) -> RegisteredModel:
     return log_training_run(
         detector,
@@ -61,6 +67,7 @@ def log_and_register(
         data,
         tracking,
         run_name=run_name,
+        settings=settings.model_dump(mode="json"),
         idempotency_key=f"prefect-flow-run:{flow_run.get_id()}" if flow_run.get_id() else None,
     )
 
@@ -82,8 +89,15 @@ def gate(
     retry_condition_fn=retry_unless_bad_input,
     cache_policy=NO_CACHE,
 )
-def record_gate(model: RegisteredModel, result: GateResult, tracking: TrackingConfig) -> bool:
-    return promote(model, result, tracking)
+def record_gate(
+    model: RegisteredModel,
+    detector: AutoencoderDetector,
+    result: GateResult,
+    tracking: TrackingConfig,
+) -> GateResult:
+    checked = check_against_champion(model, detector, result, tracking)
+    promote(model, checked, tracking)
+    return checked
 
 
 @flow(name="anomaly-train", log_prints=True)
@@ -95,15 +109,20 @@ def train_flow(
     holdout: str | None = None,
     labelled: str | None = None,
     model_name: str | None = None,
+    reuse_champion_settings: bool = False,
 ) -> RegisteredModel:
     """Fit an autoencoder on normal data, calibrate, log to MLflow, register and gate a version.
 
     The version becomes ``models:/NAME@champion`` only if it passes the promotion gate on
     ``holdout`` (default: a share of ``data`` kept out of training) and, with ``labelled`` data,
-    the AUROC floor. ``model_name`` registers under that name instead of mlflow.yaml's.
+    the AUROC floor. ``model_name`` registers under that name instead of mlflow.yaml's. With
+    ``reuse_champion_settings`` and no ``settings`` (the nightly retrain), the champion's own
+    training settings are used, so the retrain makes the same kind of model on the new data.
     """
-    settings = settings or TrainSettings()
     tracking = TrackingConfig.load(tracking_config, model_name)
+    if settings is None and reuse_champion_settings:
+        settings = champion_settings(tracking)
+    settings = settings or TrainSettings()
     frame = load_normal_data(data, settings)
     if holdout:
         fit_frame, holdout_frame = frame, load_normal_data(holdout, settings)
@@ -113,9 +132,9 @@ def train_flow(
         )
     labelled_frame = load_normal_data(labelled, settings) if labelled else None
     detector = fit(fit_frame, settings)
-    model = log_and_register(detector, fit_frame, data, tracking, run_name)
+    model = log_and_register(detector, fit_frame, data, tracking, run_name, settings)
     result = gate(detector, holdout_frame, settings.gate, labelled_frame)
-    record_gate(model, result, tracking)
+    result = record_gate(model, detector, result, tracking)
     info = detector.fit_info_
     verdict = "passed: now `champion`" if result.passed else "FAILED: `champion` unchanged"
     auroc = f", AUROC {result.auroc:.3f}" if result.auroc is not None else ""

@@ -176,3 +176,38 @@ def test_train_and_score_flows_for_a_time_series(prefect_server, tmp_path, track
         second_scores["anomaly_score"], second_scores["score"], check_names=False, rtol=1e-5
     )
     assert outputs[1]["top_feature"].notna().all()
+
+
+def test_the_retrain_reuses_the_champions_settings(
+    prefect_server, tmp_path, tracking_config, normal_table
+):
+    """A retrain without settings makes the same kind of model as the champion it would replace."""
+    from flows.train import train_flow
+
+    tracking_yaml = write_tracking_yaml(tmp_path / "mlflow.yaml", tracking_config)
+    write_parquet_atomic(normal_table, tmp_path / "train.parquet")
+    settings = TrainSettings(
+        quantile=0.9,
+        detector={
+            **FAST,
+            "epochs": 5,
+            "categorical_columns": ["machine_type"],
+            "key_columns": KEYS,
+        },
+    )
+    first = train_flow(
+        data=str(tmp_path / "train.parquet"), settings=settings, tracking_config=tracking_yaml
+    )
+    retrained = train_flow(
+        data=str(tmp_path / "train.parquet"),
+        tracking_config=tracking_yaml,
+        reuse_champion_settings=True,
+    )
+    client = MlflowClient(tracking_config.tracking_uri)
+    params = client.get_run(retrained.run_id).data.params
+    assert int(retrained.version) == int(first.version) + 1
+    assert params["categorical_columns"] == "['machine_type']"
+    assert params["key_columns"] == str(KEYS)
+    # reading_id is a key, not a feature, exactly as in the champion.
+    assert "reading_id" not in params["features"].split(",")
+    assert client.get_run(retrained.run_id).data.metrics["quantile"] == 0.9
