@@ -326,7 +326,7 @@ def _score_series(
     for path in list_series_files(data):
         frame = None
         try:
-            frame = read_series_file(path)
+            frame = read_series_file(path, detector.time_column)
             batch = score_frame(
                 detector, frame, model.name, model.version, source=str(path), context=context
             )

@@ -64,7 +64,9 @@ def read_training_data(data: str, settings: TrainSettings) -> pd.DataFrame | Ima
     if options.model in IMAGE_MODELS:
         size = options.image_size or probe_image_size(data, options.image_column)
         return read_images(data, size, options.channels, options.image_column, options.key_columns)
-    return read_series(data) if options.window is not None else read_table(data)
+    if options.window is not None:
+        return read_series(data, options.time_column)
+    return read_table(data)
 
 
 def fit_detector(frame: pd.DataFrame | ImageBatch, settings: TrainSettings) -> AutoencoderDetector:

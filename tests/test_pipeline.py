@@ -86,3 +86,20 @@ def test_train_then_score_through_mlflow(
     assert metrics["files_quarantined"] == 1 and metrics["rows_rejected"] == 4
     assert metrics["rows_in"] == metrics["rows_scored"] + metrics["rows_rejected"]
     assert run.data.tags["anomaly.status"] == "partial_failure"
+
+
+def test_a_csv_series_scores_with_a_timestamp_time_column(
+    tmp_path, fitted_series_detector, series_table
+):
+    from anomaly.pipeline import score_files_to
+    from anomaly.tracking import LoadedModel
+
+    part = series_table.iloc[:200].copy()
+    part["timestamp"] = part["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    (tmp_path / "in").mkdir()
+    part.to_csv(tmp_path / "in" / "s.csv", index=False)
+    model = LoadedModel(fitted_series_detector, "s", "1", "models:/s/1")
+    result = score_files_to(model, str(tmp_path / "in"), tmp_path / "out" / "s.parquet")
+    assert not result.quarantined and result.n_scored + result.n_rejected == 200
+    scored = pd.read_parquet(tmp_path / "out" / "s.parquet")
+    assert pd.api.types.is_datetime64_any_dtype(scored["timestamp"])

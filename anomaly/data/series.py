@@ -42,8 +42,18 @@ def list_series_files(source: str | os.PathLike[str]) -> list[Path]:
     return list(listing.files)
 
 
-def read_series_file(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read one Parquet or CSV file (CSV separator detected: ``,`` ``;`` or tab)."""
+def read_series_file(path: str | os.PathLike[str], time_column: str | None = None) -> pd.DataFrame:
+    """Read one Parquet or CSV file (CSV separator detected: ``,`` ``;`` or tab).
+
+    CSV holds text only: ``time_column``, when it is text there, is parsed into timestamps, so
+    the series' time axis, its plots and the outputs keep a timestamp type as from Parquet.
+
+    Raises
+    ------
+    DataFileError
+        If the file cannot be read, or ``time_column`` holds a value that is not a timestamp
+        (naming the column, the row and the value).
+    """
     path = Path(path)
     if path.suffix.lower() != ".csv":
         return read_table(path)
@@ -51,15 +61,33 @@ def read_series_file(path: str | os.PathLike[str]) -> pd.DataFrame:
         with open(path, encoding="utf-8") as fh:
             header = fh.readline()
         sep = max((",", ";", "\t"), key=header.count)
-        return pd.read_csv(path, sep=sep)
+        frame = pd.read_csv(path, sep=sep)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataFileError(f"{path}: cannot read as CSV ({exc})") from exc
+    if time_column is not None and time_column in frame.columns:
+        frame[time_column] = _parse_times(frame[time_column], time_column, path)
+    return frame
 
 
-def read_series(source: str | os.PathLike[str]) -> pd.DataFrame:
+def _parse_times(column: pd.Series, name: str, path: Path) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column):
+        return column  # positions or epoch numbers: already an axis
+    parsed = pd.to_datetime(column, errors="coerce", format="mixed")
+    bad = parsed.isna() & column.notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataFileError(
+            f"{path}: column {name!r} holds {int(bad.sum())} value(s) that are not timestamps "
+            f"(first: row {row}, {column.iloc[row]!r}); expected e.g. 2026-01-31 12:00:00",
+            source=str(path),
+        )
+    return parsed
+
+
+def read_series(source: str | os.PathLike[str], time_column: str | None = None) -> pd.DataFrame:
     """Read every series file of ``source`` into one frame (columns must agree across files)."""
     files = list_series_files(source)
-    frames = [read_series_file(p) for p in files]
+    frames = [read_series_file(p, time_column) for p in files]
     for path, frame in zip(files[1:], frames[1:], strict=True):
         if list(frame.columns) != list(frames[0].columns):
             raise DataFileError(f"{path}: columns differ from {files[0]}")

@@ -10,6 +10,7 @@ from anomaly.data.series import (
     read_series,
     update_context,
 )
+from anomaly.errors import DataFileError
 
 FEATURES = ("a", "b")
 
@@ -144,3 +145,21 @@ def test_read_semicolon_csv(tmp_path):
     df = read_series(path)
     assert list(df.columns) == ["datetime", "x", "y"]
     assert df["x"].tolist() == [1.5, 1.6]
+
+
+def test_csv_time_column_becomes_timestamps(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("datetime;x\n2020-01-01 00:00:00;1.5\n2020-01-01 00:00:01;1.6\n")
+    df = read_series(path, time_column="datetime")
+    assert pd.api.types.is_datetime64_any_dtype(df["datetime"])
+    assert df["datetime"].iloc[1] == pd.Timestamp("2020-01-01 00:00:01")
+    numeric = tmp_path / "n.csv"
+    numeric.write_text("t,x\n0,1.5\n1,1.6\n")
+    assert read_series(numeric, time_column="t")["t"].tolist() == [0, 1]  # positions stay numbers
+
+
+def test_csv_time_column_that_is_not_a_time_names_column_row_and_value(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("datetime,x\n2020-01-01 00:00:00,1.5\nsoon,1.6\n2020-01-01 00:00:02,1\n")
+    with pytest.raises(DataFileError, match=r"column 'datetime' holds 1 value.*row 1, 'soon'"):
+        read_series(path, time_column="datetime")
