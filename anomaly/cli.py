@@ -47,7 +47,7 @@ def _setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=console, show_path=False)],
         force=True,
     )
-    for noisy in ("mlflow", "alembic", "urllib3", "httpx"):
+    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # A busy store makes MLflow log each failed query with a full traceback at ERROR; the retries
     # and the final "scored, not logged" say it in one line each (--verbose shows the rest).
@@ -70,13 +70,26 @@ PARTIAL_FAILURE_EXIT = 3
 NOT_LOGGED_EXIT = 4
 
 
+def _settings_error(exc: Exception) -> str | None:
+    """A pydantic validation error as one line per setting: its name, the problem, the value."""
+    errors = getattr(exc, "errors", None)
+    if type(exc).__name__ != "ValidationError" or not callable(errors):
+        return None
+    parts = []
+    for error in errors():
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{where}: {error.get('msg', 'invalid')} (got {error.get('input')!r})")
+    return "invalid settings: " + "; ".join(parts)
+
+
 def _fail(exc: Exception, verbose: bool) -> NoReturn:
     """Report an error as a message, not a traceback (unless --verbose), and exit with 2."""
     if verbose:
         console.print_exception()
     # The project's own errors already say what and where; others get their type for context.
     prefix = "" if isinstance(exc, AnomalyError) else f"{type(exc).__name__}: "
-    console.print(f"[bold red]error:[/] {prefix}{exc}", highlight=False)
+    message = _settings_error(exc) or f"{prefix}{exc}"
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(2) from exc
 
 
@@ -209,7 +222,11 @@ def train(
 @app.command()
 def score(
     data: Annotated[
-        str, typer.Argument(help="Rows to score: a Parquet file, a directory or a glob")
+        str,
+        typer.Argument(
+            help="What to score: a Parquet file, a directory or a glob; time series: Parquet or "
+            "CSV; images: a folder of PNG/JPEG, or Parquet with image bytes"
+        ),
     ],
     output: Annotated[Path, typer.Option(help="Scored Parquet file to write")],
     model_uri: Annotated[

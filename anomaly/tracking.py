@@ -312,6 +312,13 @@ def log_training_run(
             MANIFEST_TAG: digest,
         }.items():
             client.set_model_version_tag(config.registered_model_name, version, key, value)
+        if run_name is None:  # MLflow's generated names say nothing and repeat across runs
+            kind = "images" if images is not None else "series" if detector.window else "tabular"
+            client.set_tag(
+                run.info.run_id,
+                "mlflow.runName",
+                f"train {config.registered_model_name} v{version} ({kind})",
+            )
     model_uri = f"models:/{config.registered_model_name}/{version}"
     logger.info("registered %s (run %s)", model_uri, run.info.run_id)
     return RegisteredModel(
@@ -615,7 +622,8 @@ def log_scoring_run(
         tags["anomaly.alert"] = "; ".join(report.alerts) or "none"
     # Findable in the UI's search: tags.`anomaly.status` = "partial_failure".
     tags["anomaly.status"] = "partial_failure" if batch.quarantined else "complete"
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+    name = run_name or f"score {model.name} v{model.version}"
+    with mlflow.start_run(run_name=name, tags=tags) as run:
         mlflow.log_params(
             {
                 "model_uri": model.model_uri,
@@ -714,6 +722,9 @@ def _log_monitor_step(
         metrics=[mlflow.entities.Metric(k, float(v), stamp, step) for k, v in metrics.items()],
     )
     client.set_tag(monitor_id, "anomaly.last_scoring_run", scoring_run_id)
+    # Each step leaves it FINISHED: a RUNNING run between batches looks hung in the UI. Later
+    # batches still append to it (MLflow logs to finished runs).
+    client.set_terminated(monitor_id, "FINISHED")
 
 
 def promote(
@@ -860,6 +871,12 @@ def register_threshold_change(
                 pip_requirements=_requirements(),
             )
     version = str(logged.registered_model_version)
+    client.set_tag(
+        run.info.run_id,
+        "mlflow.runName",
+        f"threshold {source.name} v{source.version} -> v{version} ({new.threshold_:.6g})",
+    )
+    client.set_tag(run.info.run_id, "anomaly.created_version", version)
     carried = {
         k: v for k, v in source_tags.items() if k.startswith("data_") or k == "validation_loss"
     }

@@ -57,6 +57,8 @@ def test_errors_are_one_clear_line_and_exit_code_2(workdir):
     bad_quantile = runner.invoke(app, ["train", "train.parquet", "--quantile", "0"])
     assert bad_quantile.exit_code == 2
     assert "quantile" in bad_quantile.output and "Traceback" not in bad_quantile.output
+    assert "invalid settings: quantile" in bad_quantile.output
+    assert "pydantic.dev" not in bad_quantile.output
     broken_yaml = workdir / "broken.yaml"
     broken_yaml.write_text("detector: [unclosed\n")
     config_error = runner.invoke(app, ["train", "train.parquet", "--config", str(broken_yaml)])
@@ -107,6 +109,7 @@ def test_threshold_show_reports_calibration_and_recent_batches(workdir, incoming
     assert f"calibration rows │ {len(detector.thresholder_.calibration_scores_)}" in text
     assert "0.999" in text and "Calibration errors" in text
     assert f"{flagged:.2%}" in text and "Last 1 scoring runs" in text
+    assert "score cli-model v1" in text  # run names say model and version, not a random name
 
     missing = runner.invoke(app, ["threshold", "show", "models:/cli-model/9"])
     assert missing.exit_code == 2 and "models:/cli-model/9" in missing.output

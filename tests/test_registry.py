@@ -108,6 +108,12 @@ def test_threshold_set_registers_a_new_version_and_keeps_the_old(
     assert tags["threshold_changed_by"] == "reviewer"
     assert tags["threshold_change_reason"] == "too many pages at night"
     assert tags["quantile"] == "0.99" and tags["data_source"] == "train.parquet"
+    change_run = client.get_run(new.run_id)
+    assert change_run.info.run_name.startswith("threshold test-detector v1 -> v2")
+    assert change_run.data.tags["anomaly.created_version"] == "2"
+    assert client.get_run(tags["run_id"]).info.run_id == new.run_id
+    first_run = client.get_model_version("test-detector", "1").run_id
+    assert client.get_run(first_run).info.run_name == "train test-detector v1 (tabular)"
     old = load_registered_detector("models:/test-detector/1", tracking_config)
     assert old.detector.threshold_ == fitted_detector.threshold_
     reloaded = load_registered_detector("models:/test-detector/2", tracking_config)

@@ -151,3 +151,4 @@ def test_alert_state_name_when_a_batch_is_anomalous(
     assert [m.step for m in client.get_metric_history(monitor[0].info.run_id, "anomaly_rate")] == [
         0
     ]
+    assert monitor[0].info.status == "FINISHED"  # not left RUNNING between batches
