@@ -23,38 +23,67 @@ def score_histogram(
     batch_scores: np.ndarray | None = None,
     title: str = "Calibration reconstruction errors",
 ) -> Figure:
-    """Histogram of calibration scores (log-spaced bins) with the threshold as a vertical line."""
+    """Histogram of scores (log-spaced bins) with the threshold as a vertical line.
+
+    With ``batch_scores``: the batch's counts on a log scale, so a flagged tail of a few rows
+    stays visible, beside the calibration errors scaled to the batch's size for comparison,
+    the region above the threshold shaded, and the flagged share written against the expected.
+    """
     fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    data = [np.asarray(calibration_scores, dtype=float)]
-    if batch_scores is not None and len(batch_scores):
-        data.append(np.asarray(batch_scores, dtype=float))
-    positive = np.concatenate(data)
-    positive = positive[positive > 0]
+    calibration = np.asarray(calibration_scores, dtype=float)
+    batch = None if batch_scores is None else np.asarray(batch_scores, dtype=float)
+    values = (
+        calibration if batch is None or not len(batch) else np.concatenate([calibration, batch])
+    )
+    positive = values[values > 0]
     low, high = (positive.min(), positive.max()) if len(positive) else (1e-6, 1.0)
     bins = np.geomspace(low, max(high, low * 1.01, threshold * 1.01), 60).tolist()
-    # With a batch beside it, compare shapes (densities): the counts differ by design.
-    compare = len(data) > 1
-    styles = [("calibration", "tab:blue", 0.7), ("scored batch", "tab:orange", 0.5)]
-    for values, (label, color, alpha) in zip(data, styles, strict=False):
+    line = f"threshold q={quantile:g}: {threshold:.4g}"
+    if batch is None or not len(batch):
         ax.hist(
-            values,
+            calibration,
             bins=bins,
-            alpha=alpha,
-            label=f"{label} (n={len(values)})",
-            color=color,
-            density=compare,
+            alpha=0.7,
+            color="tab:blue",
+            label=f"calibration (n={len(calibration)})",
         )
-    ax.axvline(
-        threshold,
-        color="tab:red",
-        linestyle="--",
-        label=f"threshold q={quantile:g}: {threshold:.4g}",
-    )
+        ax.set_ylabel("rows")
+    else:
+        ax.hist(
+            batch, bins=bins, alpha=0.6, color="tab:orange", label=f"scored batch (n={len(batch)})"
+        )
+        if len(calibration):
+            # Scaled to the batch's size: where the two differ is where the batch is unusual.
+            weights = np.full(len(calibration), len(batch) / len(calibration))
+            ax.hist(
+                calibration,
+                bins=bins,
+                weights=weights,
+                histtype="step",
+                linewidth=1.5,
+                color="tab:blue",
+                label=f"calibration, scaled to the batch (n={len(calibration)})",
+            )
+        ax.set_yscale("log")
+        ax.set_ylabel("rows (log scale)")
+        ax.axvspan(threshold, bins[-1], color="tab:red", alpha=0.08)
+        flagged = int((batch > threshold).sum())
+        ax.text(
+            0.99,
+            0.97,
+            f"flagged {flagged / len(batch):.1%} ({flagged} of {len(batch)})\n"
+            f"expected on normal data {1 - quantile:.1%}",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=9,
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+        )
+    ax.axvline(threshold, color="tab:red", linestyle="--", label=line)
     ax.set_xscale("log")
     ax.set_xlabel("anomaly score (reconstruction error)")
-    ax.set_ylabel("density" if compare else "rows")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left", fontsize=8)
     return fig
 
 

@@ -1,0 +1,34 @@
+"""Review plots show what a reviewer looks for."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+
+from anomaly.plots import score_histogram
+
+
+def test_batch_histogram_counts_on_a_log_scale_with_the_flagged_share():
+    rng = np.random.default_rng(0)
+    calibration = rng.lognormal(0, 0.3, 1000)
+    threshold = float(np.quantile(calibration, 0.95))
+    batch = np.concatenate([rng.lognormal(0, 0.3, 900), rng.lognormal(1.5, 0.2, 100)])
+    fig = score_histogram(calibration, threshold, 0.95, batch, title="batch")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "log"
+    flagged = int((batch > threshold).sum())
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert f"flagged {flagged / len(batch):.1%} ({flagged} of 1000)" in texts
+    assert "expected on normal data 5.0%" in texts
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(label.startswith("calibration, scaled to the batch") for label in labels)
+    assert any(label.startswith("threshold q=0.95") for label in labels)
+
+
+def test_calibration_histogram_alone_counts_rows():
+    calibration = np.random.default_rng(1).lognormal(0, 0.3, 500)
+    fig = score_histogram(calibration, float(np.quantile(calibration, 0.95)), 0.95)
+    assert fig.axes[0].get_ylabel() == "rows" and not fig.axes[0].texts
