@@ -72,11 +72,12 @@ NOT_LOGGED_EXIT = 4
 
 def _settings_error(exc: Exception) -> str | None:
     """A pydantic validation error as one line per setting: its name, the problem, the value."""
-    errors = getattr(exc, "errors", None)
-    if type(exc).__name__ != "ValidationError" or not callable(errors):
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
         return None
     parts = []
-    for error in errors():
+    for error in exc.errors():
         where = ".".join(str(p) for p in error.get("loc", ()))
         parts.append(f"{where}: {error.get('msg', 'invalid')} (got {error.get('input')!r})")
     return "invalid settings: " + "; ".join(parts)

@@ -21,7 +21,6 @@ from anomaly.data.parquet import (
 )
 from anomaly.data.paths import (
     PARQUET_SUFFIXES,
-    Skipped,
     list_inputs,
 )
 from anomaly.data.series import read_series
@@ -195,7 +194,7 @@ class ScoreResult:
         rejects: str | os.PathLike[str],
         run_id: str,
         quarantine: str | os.PathLike[str] | None = None,
-        skipped: Sequence[Skipped] = (),
+        skipped: Sequence[tuple[str, str]] = (),
     ) -> ScoreResult:
         return cls(
             model_name=model.name,
@@ -211,7 +210,7 @@ class ScoreResult:
             quarantined=tuple((f.source_file, f.reason) for f in batch.quarantined),
             rows_quarantined=batch.n_quarantined_rows,
             quarantine=None if quarantine is None else str(quarantine),
-            skipped=tuple((str(s.path), s.reason) for s in skipped),
+            skipped=tuple(skipped),
             n_events=getattr(batch, "n_events", 0),
             n_open_events=getattr(batch, "n_open_events", 0),
         )
@@ -256,10 +255,9 @@ def score(
         heatmaps=heatmaps,
     )
     out, rej = result.output, result.rejects
-    listed = [(str(s.path), s.reason) for s in skipped]
     try:
         run_id = log_scored(
-            result, model, data, str(out), str(rej), tracking, log_attempts, skipped=listed
+            result, model, data, str(out), str(rej), tracking, log_attempts, skipped=skipped
         )
     except NotLoggedError as exc:
         exc.result = ScoreResult.of(result, model, out, rej, "", result.quarantine, skipped)
@@ -267,8 +265,9 @@ def score(
     return ScoreResult.of(result, model, out, rej, run_id, result.quarantine, skipped)
 
 
-def skipped_inputs(data: str, detector: AutoencoderDetector) -> tuple[Skipped, ...]:
-    """The entries of ``data`` (a directory or glob) the detector's kind of input does not read."""
+def skipped_inputs(data: str, detector: AutoencoderDetector) -> tuple[tuple[str, str], ...]:
+    """``(path, reason)`` of each entry of ``data`` (a directory or glob) the detector's kind of
+    input does not read."""
     if detector.model in IMAGE_MODELS:
         suffixes: tuple[str, ...] = (*IMAGE_SUFFIXES, *PARQUET_SUFFIXES)
     elif detector.window is not None:
@@ -276,6 +275,6 @@ def skipped_inputs(data: str, detector: AutoencoderDetector) -> tuple[Skipped, .
     else:
         suffixes = PARQUET_SUFFIXES
     try:
-        return list_inputs(data, suffixes).skipped
+        return tuple((str(s.path), s.reason) for s in list_inputs(data, suffixes).skipped)
     except DataFileError:
         return ()  # the scoring itself names what is wrong with ``data``

@@ -13,7 +13,7 @@ from anomaly.config import TrainSettings
 from anomaly.data.images import ImageBatch
 from anomaly.detectors import AutoencoderDetector
 from anomaly.errors import SchemaError
-from anomaly.models import IMAGE_MODELS
+from anomaly.models import data_kind
 from anomaly.monitoring import GateResult, GateSettings, promotion_gate
 from anomaly.scoring import score_frame
 from anomaly.thresholds import FixedThreshold, PotThreshold, QuantileThreshold, make_threshold
@@ -93,44 +93,33 @@ def evaluate_gate(
     )
 
 
-def data_kind(detector: AutoencoderDetector) -> str:
-    """``"images"``, ``"series"`` or ``"tabular"``: what a detector scores."""
-    if detector.model in IMAGE_MODELS:
-        return "images"
-    return "series" if detector.window is not None else "tabular"
-
-
-def _inputs(detector: AutoencoderDetector) -> tuple[tuple[object, ...], ...] | tuple[int, ...]:
-    """What a detector needs of its input: the image shape, or the feature columns and types."""
-    if detector.model in IMAGE_MODELS:
-        return tuple(int(v) for v in detector.image_shape_)
-    return tuple((c.name, c.kind, c.dtype) for c in detector.schema_.features)
-
-
 def incompatibility(new: AutoencoderDetector, champion: AutoencoderDetector) -> str | None:
     """Why ``new`` cannot take over from ``champion`` (other data kind or input), or None.
 
     Everything scoring ``models:/NAME@champion`` (the landing folder, scheduled runs) was set up
     for the champion's input: a version that wants other input would quarantine every file.
     """
-    if (kind := data_kind(new)) != (old := data_kind(champion)):
+    kind, old = data_kind(new.model, new.window), data_kind(champion.model, champion.window)
+    if kind != old:
         return f"it scores {kind} data, the champion scores {old} data"
-    if (wanted := _inputs(new)) != (had := _inputs(champion)):
-        if kind == "images":
-            return f"it takes images of shape {wanted}, the champion {had}"
-        new_cols = {str(c[0]): c for c in wanted if isinstance(c, tuple)}
-        old_cols = {str(c[0]): c for c in had if isinstance(c, tuple)}
-        added = sorted(new_cols.keys() - old_cols.keys())
-        dropped = sorted(old_cols.keys() - new_cols.keys())
+    if kind == "images":
+        wanted, had = tuple(new.image_shape_), tuple(champion.image_shape_)
+        return None if wanted == had else f"it takes images of shape {wanted}, the champion {had}"
+    # Columns are matched by name when scoring, so their order does not matter.
+    new_cols = {c.name: (c.kind, c.dtype) for c in new.schema_.features}
+    old_cols = {c.name: (c.kind, c.dtype) for c in champion.schema_.features}
+    if new_cols == old_cols:
+        return None
+    changes = {
+        "adds": sorted(new_cols.keys() - old_cols.keys()),
+        "drops": sorted(old_cols.keys() - new_cols.keys()),
         # The same column with another kind (numeric, categorical) or type.
-        changed = sorted(n for n in new_cols.keys() & old_cols.keys() if new_cols[n] != old_cols[n])
-        parts = [
-            f"{label} {names}"
-            for label, names in (("adds", added), ("drops", dropped), ("retypes", changed))
-            if names
-        ]
-        return "its input schema differs from the champion's: it " + ", ".join(parts)
-    return None
+        "retypes": sorted(
+            n for n in new_cols.keys() & old_cols.keys() if new_cols[n] != old_cols[n]
+        ),
+    }
+    parts = [f"{label} {names}" for label, names in changes.items() if names]
+    return "its input schema differs from the champion's: it " + ", ".join(parts)
 
 
 def gate_and_promote(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 from mlflow.tracking import MlflowClient
@@ -88,6 +89,4 @@ def threshold_report(model_uri: str, tracking: TrackingConfig, last: int = 10) -
 def _stamp(millis: int | None) -> str:
     if millis is None:
         return ""
-    from datetime import datetime, timezone
-
     return datetime.fromtimestamp(millis / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

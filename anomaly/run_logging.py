@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from anomaly.errors import DataFileError, NotLoggedError
 from anomaly.quarantine import QuarantinedFile, quarantine_path_for
 from anomaly.scoring import BatchSummary
+from anomaly.streaming import SCORE_SAMPLE_SIZE, StreamResult
 from anomaly.tracking import LoadedModel, TrackingConfig, load_registered_detector, log_scoring_run
 
 logger = logging.getLogger(__name__)
@@ -36,9 +37,6 @@ logger = logging.getLogger(__name__)
 # up to MLflow's 20 s busy timeout, so three attempts span about a minute.
 LOG_ATTEMPTS = 3
 FIRST_PAUSE_S = 2.0
-# Scores read back from a scored output for the MLflow histogram and quantiles: a uniform
-# sample keeps a later `log-run` of a 100 M-row output in bounded memory.
-SCORE_SAMPLE_SIZE = 100_000
 RECORD_VERSION = 1
 
 
@@ -151,46 +149,6 @@ class UnloggedRun:
             raise DataFileError(f"{file}: not a run record ({exc})", source=str(file)) from exc
 
 
-@dataclass(frozen=True)
-class _ReadBack:
-    """A :class:`BatchSummary` rebuilt from a record and the scores in the scored output."""
-
-    record: UnloggedRun
-    scores: np.ndarray
-
-    @property
-    def n_rows(self) -> int:
-        return self.record.n_rows
-
-    @property
-    def n_scored(self) -> int:
-        return self.record.n_scored
-
-    @property
-    def n_rejected(self) -> int:
-        return self.record.n_rejected
-
-    @property
-    def n_flagged(self) -> int:
-        return self.record.n_flagged
-
-    @property
-    def anomaly_rate(self) -> float:
-        return self.n_flagged / self.n_scored if self.n_scored else 0.0
-
-    @property
-    def series_counts(self) -> dict[str, int]:
-        return self.record.series_counts
-
-    @property
-    def quarantined(self) -> tuple[QuarantinedFile, ...]:
-        return self.record.quarantined
-
-    @property
-    def n_quarantined_rows(self) -> int:
-        return sum(f.rows or 0 for f in self.record.quarantined)
-
-
 def _read_scores(output: Path, expected_rows: int) -> np.ndarray:
     """The scored output's ``anomaly_score`` column (a uniform sample for a large output)."""
     try:
@@ -211,6 +169,7 @@ def _read_scores(output: Path, expected_rows: int) -> np.ndarray:
         raise DataFileError(
             f"{output}: no anomaly_score column to log ({exc})", source=str(output)
         ) from exc
+    # The same uniform sample size a streamed run logs its histogram and quantiles from.
     if len(scores) > SCORE_SAMPLE_SIZE:
         rng = np.random.default_rng(0)
         scores = np.sort(rng.choice(scores, SCORE_SAMPLE_SIZE, replace=False))
@@ -270,20 +229,10 @@ def log_scored(
     # A record left by an earlier run to this output describes outputs this run has replaced.
     path.unlink(missing_ok=True)
 
-    def log() -> str:
-        return log_scoring_run(
-            batch,
-            model,
-            data,
-            output,
-            rejects,
-            tracking,
-            idempotency_key=record.key,
-            skipped=record.skipped,
-        )
-
     try:
-        return log_with_retry(log, attempts, first_pause_s)
+        return log_with_retry(
+            lambda: _log_record(batch, model, record, tracking), attempts, first_pause_s
+        )
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -305,21 +254,35 @@ def log_unlogged_run(
     """
     path = unlogged_record_path(output)
     record = UnloggedRun.read(path)
-    batch = _ReadBack(record, _read_scores(Path(record.output), record.n_scored))
+    batch = StreamResult(
+        n_rows=record.n_rows,
+        n_scored=record.n_scored,
+        n_rejected=record.n_rejected,
+        n_flagged=record.n_flagged,
+        scores=_read_scores(Path(record.output), record.n_scored),
+        output=Path(record.output),
+        rejects=Path(record.rejects),
+        series_counts=record.series_counts,
+        quarantined=record.quarantined,
+        quarantine=None if record.quarantine is None else Path(record.quarantine),
+    )
     model = load_registered_detector(record.model_uri, tracking, device="cpu")
-
-    def log() -> str:
-        return log_scoring_run(
-            batch,
-            model,
-            record.input,
-            record.output,
-            record.rejects,
-            tracking,
-            idempotency_key=record.key,
-            skipped=record.skipped,
-        )
-
-    run_id = log_with_retry(log, attempts)
+    run_id = log_with_retry(lambda: _log_record(batch, model, record, tracking), attempts)
     path.unlink(missing_ok=True)
     return run_id
+
+
+def _log_record(
+    batch: BatchSummary, model: LoadedModel, record: UnloggedRun, tracking: TrackingConfig
+) -> str:
+    """One attempt at logging ``batch`` as the MLflow run ``record`` describes."""
+    return log_scoring_run(
+        batch,
+        model,
+        record.input,
+        record.output,
+        record.rejects,
+        tracking,
+        idempotency_key=record.key,
+        skipped=record.skipped,
+    )

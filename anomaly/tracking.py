@@ -29,6 +29,7 @@ from anomaly import plots
 from anomaly.data.schema import invalid_row_reasons
 from anomaly.errors import ModelFileError, ModelNotFoundError
 from anomaly.integrity import MANIFEST_TAG, manifest_digest, verify_digest
+from anomaly.models import data_kind
 from anomaly.tracking_uri import check_tracking_uri, require_store, sqlite_path
 
 if TYPE_CHECKING:
@@ -313,7 +314,7 @@ def log_training_run(
         }.items():
             client.set_model_version_tag(config.registered_model_name, version, key, value)
         if run_name is None:  # MLflow's generated names say nothing and repeat across runs
-            kind = "images" if images is not None else "series" if detector.window else "tabular"
+            kind = data_kind(detector.model, detector.window)
             client.set_tag(
                 run.info.run_id,
                 "mlflow.runName",

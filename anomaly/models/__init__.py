@@ -17,6 +17,14 @@ from anomaly.models.ssim import ssim, ssim_map
 # Network families that take images (n, C, H, W); every other family takes rows or windows.
 IMAGE_MODELS: tuple[str, ...] = ("conv",)
 
+
+def data_kind(model: str, window: int | None) -> str:
+    """``"images"``, ``"series"`` or ``"tabular"``: what a detector of this family scores."""
+    if model in IMAGE_MODELS:
+        return "images"
+    return "series" if window is not None else "tabular"
+
+
 __all__ = [
     "IMAGE_MODELS",
     "AutoencoderEnsemble",
@@ -30,6 +38,7 @@ __all__ = [
     "Objective",
     "Reconstruction",
     "corrupt",
+    "data_kind",
     "default_dense_layout",
     "default_sequence_latent",
     "elementwise_error",
