@@ -1,172 +1,46 @@
-"""Estimator-style anomaly detectors: fit on normal data, score, predict, save, load."""
+"""Estimator-style anomaly detectors: fit on normal data, score, predict, save, load.
+
+:class:`AutoencoderDetector` is a façade: its constructor holds every parameter, and each method
+hands the work to the data kind the parameters select (:mod:`anomaly.kinds`): tables, series
+(``window`` set) or images (an image ``model``). Networks are built in :mod:`anomaly.models.build`.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator
-from torch import nn
 
-from anomaly.data.schema import TableSchema, as_frame, invalid_row_reasons
-from anomaly.data.series import (
-    SeriesLayout,
-    SeriesPolicy,
-    build_layout,
-    context_frame,
-    infer_frequency,
-)
-from anomaly.data.windows import POINT_REDUCTIONS, PointFold, sliding_windows
-from anomaly.errors import (
-    CalibrationError,
-    InvalidRowsError,
-    ModelFileError,
-    NotFittedError,
-    SchemaError,
-)
-from anomaly.image_detector import (
-    IMAGE_MODELS,
-    ImageDetectorMixin,
-    build_image_module,
-    image_module_from_config,
-)
-from anomaly.models import (
-    DenseAutoencoder,
-    DenseConfig,
-    Objective,
-    default_dense_layout,
-    default_sequence_latent,
-    elementwise_error,
-    ensemble_of,
-)
+from anomaly.data.schema import as_frame
+from anomaly.data.windows import POINT_REDUCTIONS
+from anomaly.errors import ModelFileError
+from anomaly.kinds.images import ImageKind
+from anomaly.kinds.series import SeriesKind
+from anomaly.kinds.tabular import TabularKind
+from anomaly.models import IMAGE_MODELS
+from anomaly.models.build import MODELS, SERIES_MODELS, build_module, module_from_config
 from anomaly.models.losses import IMAGE_LOSSES, LOSSES
 from anomaly.models.noise import NOISE_KINDS
-from anomaly.models.sequence import (
-    Conv1dAutoencoder,
-    Conv1dConfig,
-    LSTMSeq2SeqAutoencoder,
-    LSTMSeq2SeqConfig,
-    WindowedDense,
-)
-from anomaly.preprocessing import SeriesScaler, TabularPreprocessor
-from anomaly.reduction import REDUCTIONS, reduce_errors, reduce_last, source_matrix, topk_count
-from anomaly.thresholds import calibration_need, make_threshold, min_calibration_size
-from anomaly.training import (
-    TrainingConfig,
-    TrainingHistory,
-    infer_in_batches,
-    resolve_device,
-    seed_everything,
-    to_device_tensor,
-    train_autoencoder,
-)
+from anomaly.reduction import REDUCTIONS, topk_count
+from anomaly.training import infer_in_batches
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "MODELS",
+    "NAN_POLICIES",
+    "SERIES_MODELS",
+    "AutoencoderDetector",
+    "build_module",
+    "module_from_config",
+]
 
-MODELS: tuple[str, ...] = ("dense", "lstm_seq2seq", "conv1d", *IMAGE_MODELS)
-# Families that only make sense on windows of a series.
-SERIES_MODELS: tuple[str, ...] = ("lstm_seq2seq", "conv1d")
 NAN_POLICIES: tuple[str, ...] = ("reject", "impute")
 
 
-def build_module(
-    model: str, n_features: int, params: dict[str, Any]
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the network for ``model`` and return it with the JSON-able config that rebuilds it.
-
-    ``n_features`` is the encoded width of a row; for windows (``params["window"]`` set) it is
-    the number of series features, and the network takes ``(n, window, n_features)``. For image
-    models ``params["channels"]`` and ``params["image_size"]`` give the shape.
-    """
-    if model in IMAGE_MODELS:
-        shape = (params["channels"], *params["image_size"])
-        image_config = build_image_module(params, shape)
-        return image_module_from_config(image_config), image_config
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-    window = params.get("window")
-    options: dict[str, Any]
-    if model == "lstm_seq2seq":
-        sizes = tuple(params["hidden_layers"] or (64, 64))
-        if len(set(sizes)) != 1:
-            raise ValueError(
-                f"lstm_seq2seq stacks LSTM layers of one width: hidden_layers must repeat one size, got {sizes}"
-            )
-        options = asdict(
-            LSTMSeq2SeqConfig(
-                n_features=n_features,
-                hidden_size=sizes[0],
-                num_layers=len(sizes),
-                latent_dim=params["latent_dim"] or default_sequence_latent(n_features),
-                dropout=params["dropout"],
-                variational=params["variational"],
-            )
-        )
-    elif model == "conv1d":
-        if params["latent_dim"] is not None or params["variational"]:
-            raise ValueError(
-                "conv1d's code is its last feature map: set hidden_layers (channels), not "
-                "latent_dim; it has no variational variant"
-            )
-        options = asdict(
-            Conv1dConfig(
-                n_features=n_features,
-                channels=tuple(params["hidden_layers"] or (32, 16)),
-                kernel_size=params["kernel_size"],
-                dropout=params["dropout"],
-            )
-        )
-    else:
-        width = n_features * (window or 1)
-        default_hidden, default_latent = default_dense_layout(width)
-        options = asdict(
-            DenseConfig(
-                n_features=width,
-                hidden_layers=tuple(params["hidden_layers"] or default_hidden),
-                latent_dim=params["latent_dim"] or default_latent,
-                activation=params["activation"],
-                dropout=params["dropout"],
-                batch_norm=params["batch_norm"],
-                variational=params["variational"],
-                output_activation="sigmoid" if params["loss"] == "bce" else None,
-            )
-        )
-    module_config = {**options, "n_members": params["n_estimators"], "window": window}
-    return module_from_config(model, module_config), module_config
-
-
-def module_from_config(model: str, config: dict[str, Any]) -> nn.Module:
-    """Rebuild a network from the config :func:`build_module` returned."""
-    if model in IMAGE_MODELS:
-        return image_module_from_config(config)
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-    options = {k: v for k, v in config.items() if k not in ("n_members", "window")}
-    window = config.get("window")
-
-    def one() -> nn.Module:
-        if model == "lstm_seq2seq":
-            return LSTMSeq2SeqAutoencoder(LSTMSeq2SeqConfig(**options))
-        if model == "conv1d":
-            return Conv1dAutoencoder(
-                Conv1dConfig(**{**options, "channels": tuple(options["channels"])})
-            )
-        dense = DenseConfig(**{**options, "hidden_layers": tuple(options["hidden_layers"])})
-        return WindowedDense(dense, window) if window else DenseAutoencoder(dense)
-
-    n_members = config.get("n_members", 1)
-    if n_members == 1:
-        return one()
-    return ensemble_of([one() for _ in range(n_members)])
-
-
-class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
+class AutoencoderDetector(TabularKind, SeriesKind, ImageKind):
     """Autoencoder anomaly detector fitted on normal data only.
 
     The anomaly score of a sample is its reconstruction error (``loss`` per element, reduced
@@ -425,29 +299,6 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
                 f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}"
             )
 
-    def _objective(self) -> Objective:
-        return Objective(
-            loss=self.loss,  # type: ignore[arg-type]
-            noise=self.noise,  # type: ignore[arg-type]
-            noise_factor=self.noise_factor,
-            sparsity_weight=self.sparsity_weight,
-            sparsity_target=self.sparsity_target,
-            kl_weight=self.kl_weight,
-        )
-
-    def _training_config(self) -> TrainingConfig:
-        return TrainingConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            patience=self.patience,
-            device=self.device,
-            mixed_precision=self.mixed_precision,
-            seed=self.random_state,
-            progress=self.verbose,
-        )
-
     def fit(
         self,
         X: pd.DataFrame | np.ndarray,
@@ -488,163 +339,14 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
                 f"got {calibration_fraction} and {validation_fraction}"
             )
         if self.model in IMAGE_MODELS:
-            return self._fit_images(X, quantile, validation_fraction, calibration_fraction)
-        if self.window is not None:
-            return self._fit_series(
-                as_frame(X), quantile, validation_fraction, calibration_fraction
-            )
-        frame = as_frame(X)
-        schema = TableSchema.infer(
-            frame, self.feature_columns, self.categorical_columns, self.key_columns
-        )
-        reasons = invalid_row_reasons(frame, schema)
-        bad = (reasons != "").to_numpy()
-        if bad.any() and self.nan_policy == "reject":
-            logger.warning(
-                "fit: leaving out %d of %d rows with missing or non-finite features (first: row %s, %s)",
-                bad.sum(),
-                len(frame),
-                frame.index[bad][0],
-                reasons[bad].iloc[0],
-            )
-            frame = frame.loc[~bad]
-        # Rows of (the possibly filtered) frame whose features are all finite; only the impute
-        # policy leaves any others in.
-        valid = np.ones(len(frame), dtype=bool) if self.nan_policy == "reject" else ~bad
-        # The range of normal values, so scoring can say when a value lies far outside it.
-        schema = schema.with_ranges(frame)
-        n = len(frame)
-        rng = np.random.default_rng(self.random_state)
-        order = rng.permutation(n)
-        n_cal = round(n * calibration_fraction)
-        n_val = round(n * validation_fraction)
-        cal_rows, val_rows, fit_rows = (
-            order[:n_cal],
-            order[n_cal : n_cal + n_val],
-            order[n_cal + n_val :],
-        )
-        needed = min_calibration_size(quantile, self.threshold)
-        if n_cal < needed:
-            # Checked before training, which may take long, rather than after it.
-            raise CalibrationError(
-                f"{calibration_need(self.threshold, quantile)} calibration samples, got {n_cal} "
-                f"({calibration_fraction:g} of {n} usable rows); lower the quantile or give more "
-                "normal data (or a larger calibration_fraction)"
-            )
-        if len(fit_rows) < 2:
-            raise ValueError(
-                f"too few normal rows to train: {n} usable rows, {len(fit_rows)} left for fitting"
-            )
-        impute = self.nan_policy == "impute"
-        fit_frame = frame.iloc[fit_rows]
-        clean_fit = fit_frame.loc[valid[fit_rows]]
-        preprocessor = TabularPreprocessor(schema, scaler=self.scaler).fit(clean_fit)  # type: ignore[arg-type]
-
-        seed_everything(self.random_state)  # weight initialisation is part of what the seed fixes
-        module, module_config = build_module(self.model, preprocessor.n_outputs, self.get_params())
-        objective = self._objective()
-        X_fit = preprocessor.transform(fit_frame, impute=impute)
-        X_val = preprocessor.transform(frame.iloc[val_rows], impute=impute) if n_val else None
-        self.history_: TrainingHistory = train_autoencoder(
-            module, objective, X_fit, X_val, self._training_config()
-        )
-
-        self.schema_ = schema
-        self.preprocessor_ = preprocessor
-        self.module_ = module
-        self.module_config_ = module_config
-        self.objective_ = objective
-        self.device_ = resolve_device(self.device)
-        self.n_features_in_ = len(schema.features)
-        self.feature_names_in_ = np.asarray(schema.feature_names, dtype=object)
-
-        cal_scores, _ = self._score_encoded(
-            preprocessor.transform(frame.iloc[cal_rows], impute=impute)
-        )
-        self.thresholder_ = make_threshold(self.threshold, quantile).fit(cal_scores)
-        self.threshold_ = self.thresholder_.threshold_
-        # Row labels of each part, so a caller can check calibration rows were never trained on.
-        self.split_index_ = {
-            "fit": frame.index[fit_rows],
-            "validation": frame.index[val_rows],
-            "calibration": frame.index[cal_rows],
-        }
-        self.fit_info_ = {
-            "n_rows": len(bad),
-            "n_rejected": int(bad.sum()) if not impute else 0,
-            "n_fit": len(fit_rows),
-            "n_validation": len(val_rows),
-            "n_calibration": len(cal_rows),
-            "quantile": quantile,
-        }
+            self._fit_images(X, quantile, validation_fraction, calibration_fraction)
+        elif self.window is not None:
+            self._fit_series(as_frame(X), quantile, validation_fraction, calibration_fraction)
+        else:
+            self._fit_table(as_frame(X), quantile, validation_fraction, calibration_fraction)
         return self
 
     # ------------------------------------------------------------------ scoring
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "thresholder_"):
-            raise NotFittedError(
-                f"This {type(self).__name__} is not fitted yet; call fit with normal data first"
-            )
-
-    def _frame(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
-        if isinstance(X, pd.DataFrame):
-            return as_frame(X)
-        array = np.asarray(X)
-        if array.ndim != 2 or array.shape[1] != self.n_features_in_:
-            raise SchemaError(
-                f"expected an array of shape (n_samples, {self.n_features_in_}) with columns "
-                f"{list(self.feature_names_in_)}, found shape {array.shape}"
-            )
-        return pd.DataFrame(array, columns=list(self.feature_names_in_))
-
-    def _encode(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        frame = self._frame(X)
-        self.schema_.validate(frame, require_keys=False)
-        impute = self.nan_policy == "impute"
-        if not impute:
-            reasons = invalid_row_reasons(frame, self.schema_)
-            bad = (reasons != "").to_numpy()
-            if bad.any():
-                raise InvalidRowsError(
-                    f"{int(bad.sum())} of {len(frame)} rows cannot be scored (first: row {frame.index[bad][0]}: "
-                    f"{reasons[bad].iloc[0]}); use nan_policy='impute', or anomaly.scoring.score_frame "
-                    "to set such rows aside with a reason"
-                )
-        return self.preprocessor_.transform(frame, impute=impute)
-
-    def _score_encoded(
-        self, X_encoded: np.ndarray, attribute: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Scores ``(n,)`` and, with ``attribute``, per-input-column errors ``(n, n_features_in_)``.
-
-        Both are reduced on the device, so only ``n * (1 + n_features_in_)`` floats come back.
-        """
-        module, loss, reduction = self.module_, self.objective_.loss, self.reduction
-        topk = self.topk_fraction
-        sources = source_matrix(
-            self.preprocessor_.output_sources_, len(self.preprocessor_.input_names_)
-        ).to(self.device_)
-
-        def score(batch: torch.Tensor) -> torch.Tensor:
-            errors = elementwise_error(module(batch).x_hat, batch, loss)
-            if errors.dim() == 3:  # an ensemble: (n_members, n, d) -> mean over members
-                errors = errors.mean(dim=0)
-            scores = reduce_errors(errors, reduction, topk).unsqueeze(1)  # type: ignore[arg-type]
-            return torch.cat([scores, errors @ sources], dim=1) if attribute else scores
-
-        # float32 even where training used bf16: the threshold was calibrated on these numbers
-        # and must mean the same on every device the model is later loaded on.
-        out = infer_in_batches(
-            score,
-            module,
-            X_encoded,
-            # Large chunks (up to 64 Ki rows, 16 M values) keep per-call overhead small.
-            max(self.batch_size, min(65_536, 2**24 // max(X_encoded.shape[1], 1))),
-            self.device_,
-            mixed_precision=False,
-        )
-        return out[:, 0].astype(np.float64), out[:, 1:]
-
     def score_samples(
         self, X: pd.DataFrame | np.ndarray, context: pd.DataFrame | None = None
     ) -> np.ndarray:
@@ -710,8 +412,7 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         encoded = self._as_images(X) if self.model in IMAGE_MODELS else self._encode(X)
 
         def codes(batch: torch.Tensor) -> torch.Tensor:
-            z = module(batch).z
-            return z.permute(1, 0, 2).reshape(len(batch), -1) if z.dim() == 3 else z
+            return self._member_codes(module(batch).z)
 
         return infer_in_batches(
             codes,
@@ -721,297 +422,6 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
             self.device_,
             mixed_precision=False,
         )
-
-    # ------------------------------------------------------------------ time series
-    def _series_policy(self, features: Sequence[str], frequency: float | None) -> SeriesPolicy:
-        return SeriesPolicy(
-            time_column=self.time_column,
-            series_column=self.series_column,
-            features=tuple(features),
-            duplicates=self.duplicate_policy,
-            gaps=self.gap_policy,
-            gap_fill=self.gap_fill,
-            frequency=frequency,
-            gap_tolerance=self.gap_tolerance,
-        )
-
-    def _series_schema(self, frame: pd.DataFrame) -> TableSchema:
-        keys = [c for c in (self.series_column, self.time_column) if c is not None]
-        keys += [k for k in self.key_columns if k not in keys]
-        schema = TableSchema.infer(frame, self.feature_columns, None, keys)
-        if schema.categorical_columns:
-            raise SchemaError(
-                f"series models take numeric features only; {schema.categorical_columns} are "
-                "not numeric (pass them as key_columns, or encode them first)",
-                column=schema.categorical_columns[0],
-            )
-        return schema
-
-    def _layout(
-        self,
-        frame: pd.DataFrame,
-        context: pd.DataFrame | None,
-        source: str | None = None,
-    ) -> SeriesLayout:
-        """Points of ``frame`` (after the duplicate and gap policies) with ``context`` in front."""
-        invalid = None
-        if self.nan_policy == "reject":
-            invalid = invalid_row_reasons(frame, self.schema_).to_numpy()
-        layout = build_layout(
-            frame,
-            self.series_policy_,
-            invalid=invalid,
-            context=context,
-            window=self.window,  # type: ignore[arg-type]
-            source=source,
-        )
-        if self.nan_policy == "impute":
-            layout.values = _fill_missing(layout.values, layout.series)
-        decisions = {k: v for k, v in layout.counts.items() if v and k != "rows"}
-        if decisions:
-            logger.info("%s: series handling %s", source or "batch", decisions)
-        return layout
-
-    def _fit_series(
-        self,
-        frame: pd.DataFrame,
-        quantile: float,
-        validation_fraction: float,
-        calibration_fraction: float,
-    ) -> AutoencoderDetector:
-        """:meth:`fit` for windows: each stretch of points is split in time order.
-
-        The first part of every stretch trains, the next part drives early stopping and the last
-        part calibrates. Splitting in time, not at random, keeps calibration points out of every
-        training window (windows overlap), and calibrates on the most recent normal behaviour.
-        """
-        window = int(self.window)  # type: ignore[arg-type]
-        schema = self._series_schema(frame).with_ranges(frame)
-        frequency = self._frequency(frame, schema)
-        self.schema_ = schema
-        self.series_policy_ = self._series_policy(schema.feature_names, frequency)
-        self.frequency_ = frequency
-        layout = self._layout(frame, None, source="fit")
-        bad = layout.reasons != ""
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            logger.warning(
-                "fit: leaving out %d of %d rows (first: row %s, %s)",
-                bad.sum(),
-                len(frame),
-                frame.index[first],
-                layout.reasons[first],
-            )
-        fit_parts, val_parts, cal_parts = [], [], []
-        for start, end in layout.segments:
-            length = end - start
-            n_cal = round(length * calibration_fraction)
-            n_val = round(length * validation_fraction)
-            fit_end = start + length - n_cal - n_val
-            fit_parts.append((start, fit_end))
-            val_parts.append((fit_end, fit_end + n_val))
-            cal_parts.append((fit_end + n_val, end))
-        n_cal_points = sum(e - s for s, e in cal_parts)
-        needed = min_calibration_size(quantile, self.threshold)
-        if n_cal_points < needed:
-            raise CalibrationError(
-                f"{calibration_need(self.threshold, quantile)} calibration points, got "
-                f"{n_cal_points} ({calibration_fraction:g} of {len(layout.times)} points); lower "
-                "the quantile or give a longer normal stretch"
-            )
-        fit_points = np.concatenate([np.arange(s, e) for s, e in fit_parts])
-        scaler = SeriesScaler(self.scaler, per_series=self.series_scaling == "per_series")
-        scaler.fit(layout.values[fit_points], layout.series[fit_points])
-        scaled = np.nan_to_num(scaler.transform(layout.values, layout.series))
-
-        def windows(parts: list[tuple[int, int]], stride: int, lead: int) -> np.ndarray:
-            chunks = []
-            for (s, e), (seg_start, _) in zip(parts, layout.segments, strict=True):
-                first = max(seg_start, s - lead)  # lead-in points from before the part
-                chunks.append(sliding_windows(scaled[first:e], window, stride))
-            return np.concatenate(chunks) if chunks else np.zeros((0, window, scaled.shape[1]))
-
-        X_fit = windows(fit_parts, self.stride, 0)
-        # A validation window ends in the validation part; its first points may be training ones.
-        X_val = windows(val_parts, 1, window - 1)
-        if len(X_fit) < 2:
-            raise ValueError(
-                f"too few training windows: {len(X_fit)} of {window} points from "
-                f"{len(fit_points)} training points; give a longer normal stretch or a smaller window"
-            )
-        seed_everything(self.random_state)
-        module, module_config = build_module(self.model, scaled.shape[1], self.get_params())
-        objective = self._objective()
-        self.history_ = train_autoencoder(
-            module,
-            objective,
-            np.ascontiguousarray(X_fit),
-            np.ascontiguousarray(X_val) if len(X_val) else None,
-            self._training_config(),
-        )
-        self.scaler_ = scaler
-        self.preprocessor_ = None  # type: ignore[assignment]  # series use scaler_
-        self.module_ = module
-        self.module_config_ = module_config
-        self.objective_ = objective
-        self.device_ = resolve_device(self.device)
-        self.n_features_in_ = len(schema.features)
-        self.feature_names_in_ = np.asarray(schema.feature_names, dtype=object)
-
-        # Calibration points are scored as a following batch would be: with the window - 1
-        # points before them as context.
-        cal_segments = [
-            (max(seg[0], s - (window - 1)), e)
-            for (s, e), seg in zip(cal_parts, layout.segments, strict=True)
-        ]
-        points = self._point_scores(scaled, cal_segments)
-        cal_points = np.concatenate([np.arange(s, e) for s, e in cal_parts])
-        cal_scores = points[cal_points, 0].astype(np.float64)
-        cal_scores = cal_scores[np.isfinite(cal_scores)]
-        if len(cal_scores) < needed:
-            raise CalibrationError(
-                f"{calibration_need(self.threshold, quantile)} calibration points, only "
-                f"{len(cal_scores)} could be scored; give a longer normal stretch"
-            )
-        self.thresholder_ = make_threshold(self.threshold, quantile).fit(cal_scores)
-        self.threshold_ = self.thresholder_.threshold_
-        self.split_index_ = {
-            "fit": fit_points,
-            "validation": np.concatenate([np.arange(s, e) for s, e in val_parts]),
-            "calibration": cal_points,
-        }
-        self.fit_info_ = {
-            "n_rows": len(frame),
-            "n_rejected": int(bad.sum()),
-            "n_fit": len(fit_points),
-            "n_validation": int(sum(e - s for s, e in val_parts)),
-            "n_calibration": len(cal_scores),
-            "n_fit_windows": len(X_fit),
-            "quantile": quantile,
-            **{f"series_{k}": v for k, v in layout.counts.items()},
-        }
-        return self
-
-    def _frequency(self, frame: pd.DataFrame, schema: TableSchema) -> float | None:
-        if self.time_column is None:
-            return None
-        if self.frequency is not None:
-            if isinstance(self.frequency, int | float):
-                return float(self.frequency)
-            return float(pd.Timedelta(self.frequency).total_seconds())
-        return infer_frequency(frame, self._series_policy(schema.feature_names, None))
-
-    @torch.no_grad()
-    def _point_scores(
-        self, scaled: np.ndarray, segments: Sequence[tuple[int, int]], codes: bool = False
-    ) -> np.ndarray:
-        """Per point: the score and per-feature errors ``(n_points, 1 + n_features)`` (NaN where
-        no window covers the point), or with ``codes`` the latent code of the window ending at it.
-
-        Windows are cut on the device from each stretch (``Tensor.unfold``, a view) and scored
-        in batches; each batch's errors are folded onto points before the next is cut.
-        """
-        module, window = self.module_, int(self.window)  # type: ignore[arg-type]
-        module.eval()
-        n_points, n_features = scaled.shape
-        width = None
-        out = None
-        batch = max(self.batch_size, 1024)
-        for start, end in segments:
-            if end - start < window:
-                continue
-            stretch = to_device_tensor(scaled[start:end], self.device_)
-            all_windows = stretch.unfold(0, window, 1).transpose(1, 2)  # (n_windows, window, f)
-            fold = (
-                None
-                if codes
-                else PointFold(
-                    end - start,
-                    window,
-                    1 + n_features,
-                    self.point_reduction,  # type: ignore[arg-type]
-                    self.device_,
-                )
-            )
-            parts = []
-            for first in range(0, len(all_windows), batch):
-                x = all_windows[first : first + batch].contiguous()
-                rec = module(x)
-                if codes:
-                    z = rec.z
-                    parts.append(z.permute(1, 0, 2).reshape(len(x), -1) if z.dim() == 3 else z)
-                    continue
-                errors = elementwise_error(rec.x_hat, x, self.objective_.loss)
-                if errors.dim() == 4:  # an ensemble: (n_members, n, window, f)
-                    errors = errors.mean(dim=0)
-                # One score per time step from its features, as a table row's from its columns.
-                step = reduce_last(errors, self.reduction, self.topk_fraction)  # type: ignore[arg-type]
-                fold.add(torch.cat([step.unsqueeze(-1), errors], dim=-1), first)  # type: ignore[union-attr]
-            if codes:
-                z_all = torch.cat(parts).cpu().numpy()
-                if out is None:
-                    width = z_all.shape[1]
-                    out = np.full((n_points, width), np.nan, dtype=np.float32)
-                out[start + window - 1 : end] = z_all
-            else:
-                if out is None:
-                    out = np.full((n_points, 1 + n_features), np.nan, dtype=np.float32)
-                out[start:end] = fold.result().cpu().numpy()  # type: ignore[union-attr]
-        if out is None:
-            out = np.full((n_points, width or (1 + n_features)), np.nan, dtype=np.float32)
-        return out
-
-    def _series_rows(
-        self,
-        frame: pd.DataFrame,
-        context: pd.DataFrame | None,
-        source: str | None = None,
-        codes: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, SeriesLayout]:
-        """Per input row: the point values (NaN for rejected rows), the reasons, and the layout."""
-        layout = self._layout(frame, context, source)
-        scaled = np.nan_to_num(self.scaler_.transform(layout.values, layout.series))
-        points = self._point_scores(scaled, layout.segments, codes=codes)
-        rows = np.full((len(frame), points.shape[1]), np.nan, dtype=np.float32)
-        mapped = layout.row_point >= 0
-        rows[mapped] = points[layout.row_point[mapped]]
-        return rows, layout.reasons, layout
-
-    def _series_values(
-        self, X: pd.DataFrame | np.ndarray, context: pd.DataFrame | None, codes: bool = False
-    ) -> np.ndarray:
-        frame = self._frame(X)
-        self.schema_.validate(frame, require_keys=True)
-        rows, reasons, _ = self._series_rows(frame, context, codes=codes)
-        bad = reasons != ""
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise InvalidRowsError(
-                f"{int(bad.sum())} of {len(frame)} rows cannot be scored (first: row "
-                f"{frame.index[first]}: {reasons[first]}); use anomaly.scoring.score_frame to "
-                "set such rows aside with a reason"
-            )
-        return rows
-
-    def next_context(self, X: pd.DataFrame, context: pd.DataFrame | None = None) -> pd.DataFrame:
-        """The context a batch following ``X`` needs: the last ``window - 1`` points per series.
-
-        A small table (series, time and feature columns) to keep beside the model, e.g. as a
-        Parquet file, and to pass as ``context`` when scoring the next batch.
-        """
-        self._check_fitted()
-        self._check_series()
-        frame = self._frame(X)
-        self.schema_.validate(frame, require_keys=True)
-        layout = self._layout(frame, context)
-        datetimes = self.time_column is not None and not pd.api.types.is_numeric_dtype(
-            frame[self.time_column]
-        )
-        return context_frame(layout, self.series_policy_, int(self.window), datetimes)  # type: ignore[arg-type]
-
-    def _check_series(self) -> None:
-        if self.window is None:
-            raise ValueError("context applies to time-series detectors (window set) only")
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -1036,9 +446,3 @@ class AutoencoderDetector(ImageDetectorMixin, BaseEstimator):
         for name, value in fitted.items():
             setattr(detector, name, value)
         return detector
-
-
-def _fill_missing(values: np.ndarray, series: np.ndarray) -> np.ndarray:
-    """Forward- then back-fill non-finite values within each series (``nan_policy="impute"``)."""
-    frame = pd.DataFrame(np.where(np.isfinite(values), values, np.nan))
-    return frame.groupby(series, sort=False).transform(lambda c: c.ffill().bfill()).to_numpy()

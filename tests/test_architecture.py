@@ -155,3 +155,77 @@ def test_no_import_circles_in_the_library():
         if node not in state:
             visit(node, [node])
     assert cycles == [], "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+# Layers from the bottom up; a module imports its own layer (no circle, see above) or lower ones.
+_LAYERS = [
+    # tensors in, tensors out: the networks know nothing of files, tables or MLflow
+    ["anomaly.models"],
+    # reading, validating and the small pieces every step uses
+    [
+        "anomaly.errors",
+        "anomaly.data",
+        "anomaly.integrity",
+        "anomaly.reduction",
+        "anomaly.events",
+        "anomaly.monitoring",
+        "anomaly.plots",
+        "anomaly.thresholds",
+        "anomaly.training",
+        "anomaly.tracking_uri",
+        "anomaly.quarantine",
+    ],
+    ["anomaly.preprocessing"],
+    # one module per data kind, and saved fitted state
+    ["anomaly.kinds", "anomaly.persistence"],
+    ["anomaly.detectors"],
+    [
+        "anomaly.scoring",
+        "anomaly.streaming",
+        "anomaly.distributed",
+        "anomaly.mlflow_model",
+        "anomaly.config",
+    ],
+    [
+        "anomaly.tracking",
+        "anomaly.run_logging",
+        "anomaly.review",
+        "anomaly.file_scoring",
+        "anomaly.registry",
+        "anomaly.landing",
+        "anomaly.pipeline",
+    ],
+    ["anomaly.cli", "anomaly"],
+]
+
+
+def _layer(module):
+    for level, prefixes in enumerate(_LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes if p != "anomaly"):
+            return level
+    return len(_LAYERS) - 1 if module == "anomaly" else None
+
+
+def test_each_layer_imports_only_its_own_or_lower_layers():
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent / "anomaly"
+    upward, unplaced = [], []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.parts[-1] == "__init__" else rel.parts)
+        own = _layer(name)
+        if own is None:
+            unplaced.append(name)
+            continue
+        for imported in _imports_of(path, root):
+            target = _layer(imported)
+            if target is not None and target > own and imported != "anomaly":
+                upward.append(f"{name} -> {imported}")
+    assert unplaced == [], f"modules in no layer (add them to _LAYERS): {unplaced}"
+    assert upward == [], "imports up the layers: " + "; ".join(upward)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert _layer("anomaly.kinds.series") < _layer("anomaly.detectors")
+    assert _layer("anomaly.models.build") < _layer("anomaly.data.schema")
