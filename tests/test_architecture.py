@@ -25,7 +25,9 @@ def test_only_tracking_modules_import_mlflow():
             for line in p.read_text().splitlines()
         )
     )
-    assert users == ["mlflow_model.py", "review.py", "tracking.py"]
+    # The tracking package, the pyfunc entry MLflow loads and the review that reads the store.
+    assert [u for u in users if not u.startswith("tracking/")] == ["mlflow_model.py", "review.py"]
+    assert "tracking/store.py" in users
 
 
 # Modules whose load functions can run code from a file: never used on model or data files.
