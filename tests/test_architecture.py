@@ -183,6 +183,8 @@ _LAYERS = [
     ["anomaly.detectors"],
     [
         "anomaly.scoring",
+        "anomaly.stream_sources",
+        "anomaly.stream_sinks",
         "anomaly.streaming",
         "anomaly.distributed",
         "anomaly.mlflow_model",
