@@ -18,6 +18,7 @@ import torch
 from anomaly.data.schema import as_frame
 from anomaly.data.windows import POINT_REDUCTIONS
 from anomaly.errors import ModelFileError
+from anomaly.kinds.base import RowErrors
 from anomaly.kinds.images import ImageKind
 from anomaly.kinds.series import SeriesKind
 from anomaly.kinds.tabular import TabularKind
@@ -362,6 +363,14 @@ class AutoencoderDetector(TabularKind, SeriesKind, ImageKind):
         if self.window is not None:
             return self._series_values(X, context)[:, 0].astype(np.float64)
         return self._score_encoded(self._encode(X))[0]
+
+    def _row_errors(
+        self, frame: pd.DataFrame, context: pd.DataFrame | None = None, source: str | None = None
+    ) -> RowErrors:
+        """The kind's errors for a batch checked against the schema: the scoring engine's input."""
+        if self.window is not None:
+            return self._series_row_errors(frame, context, source)
+        return self._table_row_errors(frame)
 
     def feature_errors(
         self, X: pd.DataFrame | np.ndarray, context: pd.DataFrame | None = None

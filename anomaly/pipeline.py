@@ -24,6 +24,7 @@ from anomaly.data.paths import (
     list_inputs,
 )
 from anomaly.data.series import read_series
+from anomaly.data.splits import split_holdout
 from anomaly.detectors import AutoencoderDetector
 from anomaly.errors import DataFileError, NotLoggedError
 
@@ -42,6 +43,7 @@ from anomaly.file_scoring import write_heatmaps as write_heatmaps
 from anomaly.file_scoring import write_outputs as write_outputs
 from anomaly.models import IMAGE_MODELS
 from anomaly.monitoring import GateResult
+from anomaly.registry import gate_and_promote
 from anomaly.run_logging import LOG_ATTEMPTS, log_scored
 from anomaly.scoring import BatchSummary
 from anomaly.tracking import (
@@ -66,6 +68,36 @@ def read_training_data(data: str, settings: TrainSettings) -> pd.DataFrame | Ima
     if options.window is not None:
         return read_series(data, options.time_column)
     return read_table(data)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Normal data read for training: all of it, the part to fit on, the gate's hold-out."""
+
+    frame: pd.DataFrame | ImageBatch
+    fit: pd.DataFrame | ImageBatch
+    holdout: pd.DataFrame | ImageBatch
+    labelled: pd.DataFrame | None = None
+
+
+def prepare_training_data(
+    data: str,
+    settings: TrainSettings,
+    holdout: str | None = None,
+    labelled: str | None = None,
+) -> TrainingData:
+    """Read ``data`` and set the gate's hold-out apart: ``holdout`` when given, else
+    ``settings.gate.holdout_fraction`` of ``data`` (the last rows for time series, so both parts
+    stay unbroken series; a random share otherwise). ``labelled`` is read as a table.
+    """
+    frame = read_training_data(data, settings)
+    if holdout is not None:
+        fit_frame, holdout_frame = frame, read_training_data(holdout, settings)
+    else:
+        fit_frame, holdout_frame = split_holdout(
+            frame, settings.gate.holdout_fraction, contiguous=settings.detector.window is not None
+        )
+    return TrainingData(frame, fit_frame, holdout_frame, read_table(labelled) if labelled else None)
 
 
 def fit_detector(frame: pd.DataFrame | ImageBatch, settings: TrainSettings) -> AutoencoderDetector:
@@ -118,37 +150,24 @@ def train(
     ``labelled`` data (a label column, see :class:`GateSettings`) also an AUROC floor. Only a
     version that passes becomes ``models:/NAME@champion``.
     """
-    from anomaly.registry import gate_and_promote, split_holdout
-
-    frame = read_training_data(data, settings)
-    if holdout is not None:
-        fit_frame, holdout_frame = frame, read_training_data(holdout, settings)
-    else:
-        fit_frame, holdout_frame = split_holdout(
-            frame, settings.gate.holdout_fraction, contiguous=settings.detector.window is not None
-        )
-    detector = fit_detector(fit_frame, settings)
+    prepared = prepare_training_data(data, settings, holdout, labelled)
+    detector = fit_detector(prepared.fit, settings)
     registered = log_training_run(
         detector,
-        fit_frame,
+        prepared.fit,
         data,
         tracking,
         run_name=run_name,
         settings=settings.model_dump(mode="json"),
     )
     gate = gate_and_promote(
-        registered,
-        detector,
-        holdout_frame,
-        tracking,
-        settings.gate,
-        read_table(labelled) if labelled else None,
+        registered, detector, prepared.holdout, tracking, settings.gate, prepared.labelled
     )
     history = detector.history_
     return TrainResult(
         model=registered,
         threshold=detector.threshold_,
-        n_rows=len(frame),
+        n_rows=len(prepared.frame),
         n_calibration=int(detector.fit_info_["n_calibration"]),
         epochs_run=len(history.train_loss),
         best_val_loss=min(history.val_loss) if history.val_loss else None,

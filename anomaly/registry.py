@@ -11,11 +11,14 @@ import pandas as pd
 
 from anomaly.config import TrainSettings
 from anomaly.data.images import ImageBatch
+
+# Re-exported: the split lived here.
+from anomaly.data.splits import split_holdout as split_holdout
 from anomaly.detectors import AutoencoderDetector
 from anomaly.errors import SchemaError
 from anomaly.models import data_kind
 from anomaly.monitoring import GateResult, GateSettings, promotion_gate
-from anomaly.scoring import score_frame
+from anomaly.scoring import scoreable_scores
 from anomaly.thresholds import FixedThreshold, PotThreshold, QuantileThreshold, make_threshold
 from anomaly.tracking import (
     CHAMPION,
@@ -31,30 +34,6 @@ from anomaly.tracking import (
 logger = logging.getLogger(__name__)
 
 
-def split_holdout(
-    frame: pd.DataFrame | ImageBatch, fraction: float, seed: int = 0, contiguous: bool = False
-) -> tuple[pd.DataFrame | ImageBatch, pd.DataFrame | ImageBatch]:
-    """Split normal rows into (rows to fit on, hold-out rows the model never sees).
-
-    Rows are drawn at random; for time series (``contiguous``) the last ``fraction`` of the
-    rows is held out instead, so both parts stay unbroken series.
-    """
-    if isinstance(frame, ImageBatch):  # images: a random share of the decoded images
-        order = np.random.default_rng(seed).permutation(len(frame.images))
-        n_holdout = round(len(order) * max(fraction, 0.0))
-        return (
-            frame.subset(np.sort(order[n_holdout:]), keep_rejected=True),
-            frame.subset(np.sort(order[:n_holdout])),
-        )
-    if fraction <= 0:
-        return frame, frame.iloc[:0]
-    if contiguous:
-        cut = len(frame) - round(len(frame) * fraction)
-        return frame.iloc[:cut], frame.iloc[cut:]
-    holdout = frame.sample(frac=fraction, random_state=seed)
-    return frame.drop(index=holdout.index), holdout
-
-
 def evaluate_gate(
     detector: AutoencoderDetector,
     holdout: pd.DataFrame | ImageBatch,
@@ -66,12 +45,9 @@ def evaluate_gate(
     Rows that cannot be scored (NaN/inf) are left out, as they are when scoring.
     """
     settings = settings or GateSettings()
-    if isinstance(holdout, ImageBatch):
-        if labelled is not None:
-            raise ValueError("labelled gate data is not supported for image models yet")
-        holdout_scores = detector.score_samples(holdout.images)
-    else:
-        holdout_scores = score_frame(detector, holdout).scored["anomaly_score"].to_numpy()
+    if isinstance(holdout, ImageBatch) and labelled is not None:
+        raise ValueError("labelled gate data is not supported for image models yet")
+    holdout_scores, _ = scoreable_scores(detector, holdout)
     labelled_scores = labels = None
     if labelled is not None:
         if settings.label_column not in labelled.columns:
@@ -80,9 +56,10 @@ def evaluate_gate(
                 f"(columns: {list(labelled.columns)[:20]})",
                 column=settings.label_column,
             )
-        batch = score_frame(detector, labelled.drop(columns=[settings.label_column]))
-        labelled_scores = batch.scored["anomaly_score"].to_numpy()
-        labels = labelled[settings.label_column].to_numpy()[batch.scored["source_row"].to_numpy()]
+        labelled_scores, ok = scoreable_scores(
+            detector, labelled.drop(columns=[settings.label_column])
+        )
+        labels = labelled[settings.label_column].to_numpy()[ok]
     return promotion_gate(
         holdout_scores,
         detector.threshold_,
@@ -135,8 +112,11 @@ def gate_and_promote(
     A version whose data kind or input schema differs from the current champion's never
     passes, whatever its figures: the gate refuses it with that reason.
     """
+    # Asked first: a version for other input is refused whatever the hold-out shows.
+    refusal = champion_refusal(model, detector, tracking)
     result = evaluate_gate(detector, holdout, settings, labelled)
-    result = check_against_champion(model, detector, result, tracking)
+    if refusal is not None:
+        result = replace(result, passed=False, reasons=(*result.reasons, refusal))
     promote(model, result, tracking)
     return result
 
@@ -165,14 +145,21 @@ def check_against_champion(
     tracking: TrackingConfig,
 ) -> GateResult:
     """``result``, failed with the reason, when ``detector`` wants other input than the champion."""
+    why = champion_refusal(model, detector, tracking)
+    return result if why is None else replace(result, passed=False, reasons=(*result.reasons, why))
+
+
+def champion_refusal(
+    model: RegisteredModel, detector: AutoencoderDetector, tracking: TrackingConfig
+) -> str | None:
+    """Why the registered ``model`` may not replace the current champion whatever its figures."""
     current = alias_version(model.name, CHAMPION, tracking)
     if current is None or current == model.version:
-        return result
+        return None
     champion = load_registered_detector(f"models:/{model.name}/{current}", tracking, "cpu")
     if (why := incompatibility(detector, champion.detector)) is None:
-        return result
-    reason = f"not promoted over version {current}: {why}; register it under another name"
-    return replace(result, passed=False, reasons=(*result.reasons, reason))
+        return None
+    return f"not promoted over version {current}: {why}; register it under another name"
 
 
 def change_threshold(

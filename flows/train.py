@@ -12,14 +12,9 @@ from anomaly.config import TrainSettings
 from anomaly.data.images import ImageBatch
 from anomaly.detectors import AutoencoderDetector
 from anomaly.monitoring import GateResult, GateSettings
-from anomaly.pipeline import fit_detector, read_training_data
-from anomaly.registry import (
-    champion_settings,
-    check_against_champion,
-    evaluate_gate,
-    split_holdout,
-)
-from anomaly.tracking import RegisteredModel, TrackingConfig, log_training_run, promote
+from anomaly.pipeline import TrainingData, fit_detector, prepare_training_data
+from anomaly.registry import champion_settings, gate_and_promote
+from anomaly.tracking import RegisteredModel, TrackingConfig, log_training_run
 from flows import retry_unless_bad_input
 
 
@@ -29,15 +24,10 @@ from flows import retry_unless_bad_input
     retry_condition_fn=retry_unless_bad_input,
     cache_policy=NO_CACHE,
 )
-def load_normal_data(data: str, settings: TrainSettings) -> pd.DataFrame | ImageBatch:
-    return read_training_data(data, settings)
-
-
-@task(cache_policy=NO_CACHE)
-def hold_out(
-    frame: pd.DataFrame | ImageBatch, fraction: float, contiguous: bool
-) -> tuple[pd.DataFrame | ImageBatch, pd.DataFrame | ImageBatch]:
-    return split_holdout(frame, fraction, contiguous=contiguous)
+def load_normal_data(
+    data: str, settings: TrainSettings, holdout: str | None, labelled: str | None
+) -> TrainingData:
+    return prepare_training_data(data, settings, holdout, labelled)
 
 
 @task(cache_policy=NO_CACHE)
@@ -72,32 +62,23 @@ def log_and_register(
     )
 
 
-@task(cache_policy=NO_CACHE)
-def gate(
-    detector: AutoencoderDetector,
-    holdout: pd.DataFrame | ImageBatch,
-    settings: GateSettings,
-    labelled: pd.DataFrame | None,
-) -> GateResult:
-    return evaluate_gate(detector, holdout, settings, labelled)
-
-
-# Setting tags and an alias again is harmless, so this may retry.
+# Scoring the hold-out again and setting tags and an alias again is harmless, so this may retry.
 @task(
     retries=2,
     retry_delay_seconds=5,
     retry_condition_fn=retry_unless_bad_input,
     cache_policy=NO_CACHE,
 )
-def record_gate(
+def gate(
     model: RegisteredModel,
     detector: AutoencoderDetector,
-    result: GateResult,
+    prepared: TrainingData,
     tracking: TrackingConfig,
+    settings: GateSettings,
 ) -> GateResult:
-    checked = check_against_champion(model, detector, result, tracking)
-    promote(model, checked, tracking)
-    return checked
+    return gate_and_promote(
+        model, detector, prepared.holdout, tracking, settings, prepared.labelled
+    )
 
 
 @flow(name="anomaly-train", log_prints=True)
@@ -123,18 +104,10 @@ def train_flow(
     if settings is None and reuse_champion_settings:
         settings = champion_settings(tracking)
     settings = settings or TrainSettings()
-    frame = load_normal_data(data, settings)
-    if holdout:
-        fit_frame, holdout_frame = frame, load_normal_data(holdout, settings)
-    else:
-        fit_frame, holdout_frame = hold_out(
-            frame, settings.gate.holdout_fraction, settings.detector.window is not None
-        )
-    labelled_frame = load_normal_data(labelled, settings) if labelled else None
-    detector = fit(fit_frame, settings)
-    model = log_and_register(detector, fit_frame, data, tracking, run_name, settings)
-    result = gate(detector, holdout_frame, settings.gate, labelled_frame)
-    result = record_gate(model, detector, result, tracking)
+    prepared = load_normal_data(data, settings, holdout, labelled)
+    detector = fit(prepared.fit, settings)
+    model = log_and_register(detector, prepared.fit, data, tracking, run_name, settings)
+    result = gate(model, detector, prepared, tracking, settings.gate)
     info = detector.fit_info_
     verdict = "passed: now `champion`" if result.passed else "FAILED: `champion` unchanged"
     auroc = f", AUROC {result.auroc:.3f}" if result.auroc is not None else ""
@@ -147,7 +120,7 @@ def train_flow(
                 "| item | value |",
                 "|---|---|",
                 f"| threshold | {detector.threshold_:.6g} (q={settings.quantile}) |",
-                f"| training rows | {len(frame)} ({len(holdout_frame)} held out for the gate) |",
+                f"| training rows | {len(prepared.frame)} ({len(prepared.holdout)} held out for the gate) |",
                 f"| rows set aside (NaN/inf, undecodable) | {info['n_rejected']} |",
                 f"| fit / validation / calibration | {info['n_fit']} / {info['n_validation']} / {info['n_calibration']} |",
                 f"| epochs run (best) | {len(detector.history_.train_loss)} ({detector.history_.best_epoch}) |",

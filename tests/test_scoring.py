@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from anomaly.errors import SchemaError
-from anomaly.scoring import reduce_errors, score_frame, score_rows, source_matrix, top_contributors
+from anomaly.scoring import (
+    reduce_errors,
+    score_frame,
+    score_rows,
+    scoreable_scores,
+    source_matrix,
+    top_contributors,
+)
 from tests.conftest import KEYS
 
 
@@ -185,3 +192,23 @@ def test_duplicate_keys_are_scored_and_point_at_the_first_row(fitted_detector, i
     assert batch.scored["duplicate_of_row"].tolist() == [pd.NA] * 5 + [2, pd.NA, 2]
     # same key, same values: the same score
     assert batch.scored["anomaly_score"].iloc[7] == batch.scored["anomaly_score"].iloc[2]
+
+
+@pytest.mark.parametrize("kind", ["table", "series"])
+def test_scoreable_scores_are_the_scored_rows_of_score_frame(
+    kind, fitted_detector, incoming_table, fitted_series_detector, series_table
+):
+    # The gate scores its hold-out through scoreable_scores: the same rows and scores as the
+    # output path, without building outputs.
+    if kind == "table":
+        detector, frame = fitted_detector, with_holes(incoming_table)
+    else:
+        detector, frame = fitted_series_detector, series_table.copy()
+        frame.loc[frame.index[5], "pressure"] = np.inf
+        frame = pd.concat([frame, frame.iloc[[10]]])  # a repeated timestamp is set aside
+    scores, ok = scoreable_scores(detector, frame)
+    batch = score_frame(detector, frame)
+    assert batch.n_rejected > 0
+    assert ok.sum() == batch.n_scored == len(scores)
+    np.testing.assert_array_equal(np.flatnonzero(ok), batch.scored["source_row"].to_numpy())
+    np.testing.assert_array_equal(scores, batch.scored["anomaly_score"].to_numpy())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +29,25 @@ from anomaly.training import (
     seed_everything,
     train_autoencoder,
 )
+
+
+@dataclass(frozen=True)
+class RowErrors:
+    """What a data kind gives the scoring engine for a batch: errors of the rows it could score.
+
+    Every kind folds its element errors (encoded columns, a time step's features, pixels) onto
+    input rows through :mod:`anomaly.reduction`, so one engine builds every output from this.
+    """
+
+    ok: np.ndarray  # (n,) bool: the row was scored
+    scores: np.ndarray  # (n_ok,) float64
+    per_feature: np.ndarray  # (n_ok, n_features) error per input feature
+    reasons: np.ndarray  # (n - n_ok,) object: why each other row was set aside
+    feature_names: tuple[str, ...]
+    # Layout counts of a series batch (rows per series, duplicates, gaps); empty for tables.
+    counts: dict[str, int] = field(default_factory=dict)
+    # Series keep their points' per-feature errors in the output for the events' attribution.
+    point_errors: bool = False
 
 
 def random_split(

@@ -24,7 +24,7 @@ from anomaly.data.series import (
 )
 from anomaly.data.windows import PointFold, sliding_windows
 from anomaly.errors import CalibrationError, InvalidRowsError, SchemaError
-from anomaly.kinds.base import DetectorBase
+from anomaly.kinds.base import DetectorBase, RowErrors
 from anomaly.models import elementwise_error
 from anomaly.models.build import build_module
 from anomaly.preprocessing import SeriesScaler
@@ -282,6 +282,22 @@ class SeriesKind(DetectorBase):
         mapped = layout.row_point >= 0
         rows[mapped] = points[layout.row_point[mapped]]
         return rows, layout.reasons, layout
+
+    def _series_row_errors(
+        self, frame: pd.DataFrame, context: pd.DataFrame | None, source: str | None = None
+    ) -> RowErrors:
+        """Errors of the rows of ``frame`` whose points could be scored, with the layout counts."""
+        values, reasons, layout = self._series_rows(frame, context, source)
+        ok = np.asarray(reasons == "", dtype=bool)
+        return RowErrors(
+            ok=ok,
+            scores=values[ok, 0].astype(np.float64),
+            per_feature=values[ok, 1:],
+            reasons=np.asarray(reasons, dtype=object)[~ok],
+            feature_names=tuple(self.schema_.feature_names),
+            counts=layout.counts,
+            point_errors=True,
+        )
 
     def _series_values(
         self, X: pd.DataFrame | np.ndarray, context: pd.DataFrame | None, codes: bool = False

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anomaly.data.schema import TableSchema, invalid_row_reasons
+from anomaly.data.schema import TableSchema, invalid_row_reasons, invalid_rows
 from anomaly.errors import InvalidRowsError
-from anomaly.kinds.base import DetectorBase, random_split
+from anomaly.kinds.base import DetectorBase, RowErrors, random_split
 from anomaly.models import elementwise_error
 from anomaly.models.build import build_module
 from anomaly.preprocessing import TabularPreprocessor
@@ -112,6 +112,29 @@ class TabularKind(DetectorBase):
                     "to set such rows aside with a reason"
                 )
         return self.preprocessor_.transform(frame, impute=impute)
+
+    def _table_row_errors(self, frame: pd.DataFrame) -> RowErrors:
+        """Errors of the rows of ``frame`` (checked against the schema) that can be scored.
+
+        With ``nan_policy="impute"`` every row is scored (non-finite values take the fit median);
+        with ``"reject"`` rows with a missing or non-finite feature are set aside with a reason.
+        """
+        if self.nan_policy == "impute":
+            ok = np.ones(len(frame), dtype=bool)
+            reasons = np.array([], dtype=object)
+            encoded = self.preprocessor_.transform(frame, impute=True)
+        else:
+            bad, reasons = invalid_rows(frame, self.schema_)
+            ok = ~bad
+            encoded = self.preprocessor_.transform(frame if ok.all() else frame[ok])
+        scores, per_feature = self._score_encoded(encoded, attribute=True)
+        return RowErrors(
+            ok=ok,
+            scores=scores,
+            per_feature=per_feature,
+            reasons=reasons,
+            feature_names=tuple(self.preprocessor_.input_names_),
+        )
 
     def _score_encoded(
         self, X_encoded: np.ndarray, attribute: bool = False

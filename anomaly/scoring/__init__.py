@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
+from anomaly.data.images import ImageBatch
 from anomaly.data.keys import KeyIndex
-from anomaly.data.schema import REJECT_COLUMNS, invalid_rows
+from anomaly.data.schema import REJECT_COLUMNS
 from anomaly.errors import SchemaError
 from anomaly.quarantine import QuarantinedFile
 
@@ -21,8 +22,8 @@ from anomaly.reduction import reduce_errors as reduce_errors
 from anomaly.reduction import source_matrix as source_matrix
 
 if TYPE_CHECKING:
-    from anomaly.data.images import ImageBatch
     from anomaly.detectors import AutoencoderDetector
+    from anomaly.kinds.base import RowErrors
 
 
 def top_feature_index(per_feature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,34 +70,56 @@ class RowScores:
         return np.asarray(self.feature_names, dtype=object)[self.top_index]
 
 
-def score_row_arrays(detector: AutoencoderDetector, frame: pd.DataFrame) -> RowScores:
+def score_row_arrays(
+    detector: AutoencoderDetector,
+    frame: pd.DataFrame,
+    context: pd.DataFrame | None = None,
+    source: str | None = None,
+) -> RowScores:
     """Score ``frame`` (already checked against the schema) into :class:`RowScores`.
 
-    With ``nan_policy="impute"`` every row is scored (non-finite values take the fit median);
-    with ``"reject"`` rows with a missing or non-finite feature are set aside with a reason.
+    The detector's data kind folds its errors onto rows and sets aside rows it cannot score
+    (tables: missing or non-finite features with ``nan_policy="reject"``; series: points the
+    layout refuses); thresholds, p-values and attribution are the same for every kind.
     """
-    if detector.nan_policy == "impute":
-        ok = np.ones(len(frame), dtype=bool)
-        reasons = np.array([], dtype=object)
-        encoded = detector.preprocessor_.transform(frame, impute=True)
-    else:
-        bad, reasons = invalid_rows(frame, detector.schema_)
-        ok = ~bad
-        encoded = detector.preprocessor_.transform(frame if ok.all() else frame[ok])
-    scores, per_feature = detector._score_encoded(encoded, attribute=True)
-    top, share = top_feature_index(per_feature)
+    errors = detector._row_errors(frame, context, source)
+    return _row_scores(detector, frame, errors)
+
+
+def _row_scores(detector: AutoencoderDetector, frame: pd.DataFrame, errors: RowErrors) -> RowScores:
+    top, share = top_feature_index(errors.per_feature)
     thresholder = detector.thresholder_
+    ok = errors.ok
     return RowScores(
         ok=ok,
-        scores=scores,
-        p_values=thresholder.p_values(scores),
-        is_anomaly=np.asarray(thresholder.predict(scores), dtype=bool),
+        scores=errors.scores,
+        p_values=thresholder.p_values(errors.scores),
+        is_anomaly=np.asarray(thresholder.predict(errors.scores), dtype=bool),
         top_index=top,
         top_share=share,
-        reasons=reasons,
-        feature_names=tuple(detector.preprocessor_.input_names_),
+        reasons=errors.reasons,
+        feature_names=errors.feature_names,
         out_of_range=detector.schema_.out_of_range(frame if ok.all() else frame[ok]),
+        per_feature=errors.per_feature if errors.point_errors else None,
     )
+
+
+def scoreable_scores(
+    detector: AutoencoderDetector,
+    batch: pd.DataFrame | ImageBatch,
+    context: pd.DataFrame | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the rows (or decoded images) of ``batch`` that can be scored, in order, and
+    which rows those are ``(n,) bool``; the others are left out.
+
+    What the promotion gate needs of a hold-out: no outputs, p-values or attribution.
+    """
+    if isinstance(batch, ImageBatch):
+        return detector.score_samples(batch.images), np.ones(len(batch.images), dtype=bool)
+    detector._check_fitted()
+    detector.schema_.validate(batch, require_keys=detector.window is not None)
+    errors = detector._row_errors(batch, context)
+    return errors.scores, errors.ok
 
 
 def score_rows(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFrame:
@@ -116,10 +139,7 @@ def score_rows(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFra
     """
     detector._check_fitted()
     detector.schema_.validate(frame, require_keys=detector.window is not None)
-    if detector.window is not None:
-        rows, _ = _series_row_arrays(detector, frame, None, None)
-    else:
-        rows = score_row_arrays(detector, frame)
+    rows = score_row_arrays(detector, frame)
     ok, n = rows.ok, len(frame)
 
     def spread(values: np.ndarray, fill: Any, dtype: Any) -> np.ndarray:
@@ -141,33 +161,6 @@ def score_rows(detector: AutoencoderDetector, frame: pd.DataFrame) -> pd.DataFra
         },
         index=frame.index,
     )
-
-
-def _series_row_arrays(
-    detector: AutoencoderDetector,
-    frame: pd.DataFrame,
-    context: pd.DataFrame | None,
-    source: str | None,
-) -> tuple[RowScores, dict[str, int]]:
-    """:func:`score_row_arrays` for a time-series detector, with its layout counts."""
-    values, reasons, layout = detector._series_rows(frame, context, source)
-    ok = np.asarray(reasons == "", dtype=bool)
-    scores = values[ok, 0].astype(np.float64)
-    top, share = top_feature_index(values[ok, 1:])
-    thresholder = detector.thresholder_
-    rows = RowScores(
-        ok=ok,
-        scores=scores,
-        p_values=thresholder.p_values(scores),
-        is_anomaly=np.asarray(thresholder.predict(scores), dtype=bool),
-        top_index=top,
-        top_share=share,
-        reasons=np.asarray(reasons, dtype=object)[~ok],
-        feature_names=tuple(detector.schema_.feature_names),
-        out_of_range=detector.schema_.out_of_range(frame[ok]),
-        per_feature=values[ok, 1:],
-    )
-    return rows, layout.counts
 
 
 def duplicate_rows(
@@ -312,11 +305,8 @@ def score_frame(
     detector._check_fitted()
     detector.schema_.validate(frame, source=source, require_keys=True)
     check_reject_columns(frame.columns, source)
-    series_counts: dict[str, int] = {}
-    if detector.window is not None:
-        rows, series_counts = _series_row_arrays(detector, frame, context, source)
-    else:
-        rows = score_row_arrays(detector, frame)
+    errors = detector._row_errors(frame, context, source)
+    rows = _row_scores(detector, frame, errors)
     good = rows.ok
     keys = list(detector.schema_.keys)
     n_good = int(good.sum())
@@ -349,7 +339,7 @@ def score_frame(
     return ScoredBatch(
         scored=scored,
         rejected=rejected,
-        series_counts=series_counts,
+        series_counts=errors.counts,
         feature_errors=rows.per_feature,
     )
 
