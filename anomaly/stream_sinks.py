@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from anomaly.data.keys import KeyIndex
 from anomaly.data.parquet import output_write_error
 from anomaly.data.paths import mark_output_schema
+from anomaly.data.schema import SCORED_FIELDS
 from anomaly.errors import DataFileError
 from anomaly.quarantine import (
     QuarantinedFile,
@@ -57,23 +58,7 @@ def output_schemas(
         first.field(k) if first is not None else pa.field(k, pa.null())
         for k in detector.schema_.keys
     ]
-    scored = pa.schema(
-        [
-            *keys,
-            pa.field("anomaly_score", pa.float64()),
-            pa.field("p_value", pa.float64()),
-            pa.field("is_anomaly", pa.bool_()),
-            pa.field("threshold", pa.float64()),
-            pa.field("model_name", pa.string()),
-            pa.field("model_version", pa.string()),
-            pa.field("top_feature", pa.string()),
-            pa.field("top_feature_share", pa.float64()),
-            pa.field("out_of_range", pa.string()),
-            pa.field("duplicate_of_row", pa.int64()),
-            pa.field("source_row", pa.int64()),
-            pa.field("source_file", pa.string()),
-        ]
-    )
+    scored = pa.schema([*keys, *SCORED_FIELDS])
     # plan_sources has already set aside files whose types do not unify.
     inputs = (
         pa.unify_schemas([s.schema for s in sources], promote_options="permissive")

@@ -241,3 +241,26 @@ def test_prefetch_yields_everything_in_order_and_passes_errors_on():
 
     with pytest.raises(OSError, match="disk gone"):
         list(prefetch(broken()))
+
+
+def test_in_memory_and_streamed_outputs_follow_one_spec(tmp_path, fitted_detector, incoming_table):
+    # SCORED_FIELDS is the one description of the scored output: the streamed file (tables) and
+    # the file written from an in-memory batch (series, images, the landing folder) have exactly
+    # those columns and types after the keys.
+    from anomaly.data.schema import SCORED_FIELDS
+    from anomaly.pipeline import write_outputs
+
+    path = tmp_path / "in.parquet"
+    damaged(incoming_table).to_parquet(path)
+    score_parquet(fitted_detector, path, tmp_path / "s.parquet", tmp_path / "r.parquet", "m", "3")
+    batch = score_frame(fitted_detector, read_table(path), "m", "3", source=str(path))
+    write_outputs(batch, tmp_path / "mem.parquet", tmp_path / "mem.rejects.parquet")
+    keys = list(fitted_detector.schema_.keys)
+    for written in ("s.parquet", "mem.parquet"):
+        schema = pq.read_schema(tmp_path / written)
+        assert schema.names == [*keys, *(f.name for f in SCORED_FIELDS)]
+        own = [schema.field(f.name) for f in SCORED_FIELDS]
+        assert [(f.name, f.type) for f in own] == [(f.name, f.type) for f in SCORED_FIELDS]
+        assert [schema.field(k).type for k in keys] == [
+            pq.read_schema(path).field(k).type for k in keys
+        ]

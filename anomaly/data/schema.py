@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pandas.api import types as ptypes
 
 from anomaly.errors import SchemaError
@@ -17,22 +18,24 @@ logger = logging.getLogger(__name__)
 
 ColumnKind = Literal["numeric", "categorical"]
 
-# Columns the scored and rejects outputs add beside the input's own; keys or input columns of
-# these names would be overwritten, so they are refused up front.
-OUTPUT_COLUMNS = (
-    "anomaly_score",
-    "p_value",
-    "is_anomaly",
-    "threshold",
-    "model_name",
-    "model_version",
-    "top_feature",
-    "top_feature_share",
-    "out_of_range",
-    "duplicate_of_row",
-    "source_row",
-    "source_file",
+# The scored output's own columns, in order, after the model's key columns: the one spec the
+# in-memory (pandas) and the streaming (Arrow) outputs are both built to, and a test holds them
+# to it. Keys or input columns of these names would be overwritten, so they are refused up front.
+SCORED_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("anomaly_score", pa.float64()),
+    pa.field("p_value", pa.float64()),
+    pa.field("is_anomaly", pa.bool_()),
+    pa.field("threshold", pa.float64()),
+    pa.field("model_name", pa.string()),
+    pa.field("model_version", pa.string()),
+    pa.field("top_feature", pa.string()),
+    pa.field("top_feature_share", pa.float64()),
+    pa.field("out_of_range", pa.string()),
+    pa.field("duplicate_of_row", pa.int64()),
+    pa.field("source_row", pa.int64()),
+    pa.field("source_file", pa.string()),
 )
+OUTPUT_COLUMNS = tuple(f.name for f in SCORED_FIELDS)
 SCORED_COLUMNS = frozenset(OUTPUT_COLUMNS)
 REJECT_COLUMNS = frozenset({"reason", "source_row", "source_file"})
 
