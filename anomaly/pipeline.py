@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -41,7 +42,6 @@ from anomaly.file_scoring import score_series_files as score_series_files
 from anomaly.file_scoring import write_heatmaps as write_heatmaps
 from anomaly.file_scoring import write_outputs as write_outputs
 from anomaly.models import IMAGE_MODELS
-from anomaly.monitoring import GateResult
 from anomaly.run_logging import LOG_ATTEMPTS, log_scored
 from anomaly.scoring import BatchSummary
 from anomaly.tracking import (
@@ -51,6 +51,9 @@ from anomaly.tracking import (
     load_registered_detector,
     log_training_run,
 )
+
+if TYPE_CHECKING:
+    from anomaly.monitoring import GateResult
 
 logger = logging.getLogger(__name__)
 
