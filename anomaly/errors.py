@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+from typing import TYPE_CHECKING, Any
 
 
 class AnomalyError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
-class NotFittedError(AnomalyError, _SklearnNotFittedError):
-    """A fitted-only method was called before ``fit``.
+if TYPE_CHECKING:
+    from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
-    Also an ``sklearn.exceptions.NotFittedError`` so scikit-learn tooling recognises it.
-    """
+    class NotFittedError(AnomalyError, _SklearnNotFittedError):
+        """A fitted-only method was called before ``fit``."""
+
+else:
+
+    def __getattr__(name: str) -> Any:
+        # NotFittedError subclasses scikit-learn's, whose import costs about 2 s (scipy comes
+        # with it): it is defined on first use, so commands that never fit or load a detector
+        # (`anomaly score --help`, `log-run`) and the other errors here do not pay for it.
+        if name != "NotFittedError":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
+        class NotFittedError(AnomalyError, _SklearnNotFittedError):
+            """A fitted-only method was called before ``fit``.
+
+            Also an ``sklearn.exceptions.NotFittedError`` so scikit-learn tooling recognises it.
+            """
+
+        # Pickle (Prefect, Dask) finds the class again by this name, through this hook.
+        NotFittedError.__qualname__ = "NotFittedError"
+        globals()["NotFittedError"] = NotFittedError
+        return NotFittedError
 
 
 class SchemaError(AnomalyError, ValueError):

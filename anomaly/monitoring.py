@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
-from sklearn.metrics import roc_auc_score
 
 QUANTILE_LEVELS = (0.5, 0.9, 0.95, 0.99, 0.999)
 
@@ -243,6 +242,9 @@ def promotion_gate(
         if y.all() or not y.any():
             reasons.append("labelled validation data needs both normal and anomalous rows")
         else:
+            # Imported here: sklearn.metrics is a few hundred ms that scoring never needs.
+            from sklearn.metrics import roc_auc_score
+
             auroc = float(roc_auc_score(y, np.asarray(labelled_scores, dtype=np.float64)))
             if settings.auroc_floor is not None and auroc < settings.auroc_floor:
                 reasons.append(f"AUROC {auroc:.3f} below the floor {settings.auroc_floor:g}")

@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -42,8 +43,6 @@ from anomaly.file_scoring import score_series_files as score_series_files
 from anomaly.file_scoring import write_heatmaps as write_heatmaps
 from anomaly.file_scoring import write_outputs as write_outputs
 from anomaly.models import IMAGE_MODELS
-from anomaly.monitoring import GateResult
-from anomaly.registry import gate_and_promote
 from anomaly.run_logging import LOG_ATTEMPTS, log_scored
 from anomaly.scoring import BatchSummary
 from anomaly.tracking import (
@@ -53,6 +52,9 @@ from anomaly.tracking import (
     load_registered_detector,
     log_training_run,
 )
+
+if TYPE_CHECKING:
+    from anomaly.monitoring import GateResult
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +152,9 @@ def train(
     ``labelled`` data (a label column, see :class:`GateSettings`) also an AUROC floor. Only a
     version that passes becomes ``models:/NAME@champion``.
     """
+    # The gate (and its statistics) only when training: scoring does not pay for its imports.
+    from anomaly.registry import gate_and_promote
+
     prepared = prepare_training_data(data, settings, holdout, labelled)
     detector = fit_detector(prepared.fit, settings)
     registered = log_training_run(

@@ -6,14 +6,27 @@ Each function returns a matplotlib Figure and touches no files; callers save or 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: flows and CI have no display
-
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib.pyplot on the headless backend, imported on first use.
+
+    Not at module level: scoring imports this module for :func:`heat map colours <heatmap_rgb>`
+    and must not pay pyplot's second of start-up before its first row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: flows and CI have no display
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def score_histogram(
@@ -29,7 +42,7 @@ def score_histogram(
     stays visible, beside the calibration errors scaled to the batch's size for comparison,
     the region above the threshold shaded, and the flagged share written against the expected.
     """
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    fig, ax = _pyplot().subplots(figsize=(7, 4), layout="constrained")
     calibration = np.asarray(calibration_scores, dtype=float)
     batch = None if batch_scores is None else np.asarray(batch_scores, dtype=float)
     values = (
@@ -89,7 +102,7 @@ def score_histogram(
 
 def loss_curves(train_loss: Sequence[float], val_loss: Sequence[float], best_epoch: int) -> Figure:
     """Training and validation loss per epoch, log scale, with the kept epoch marked."""
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    fig, ax = _pyplot().subplots(figsize=(7, 4), layout="constrained")
     epochs = np.arange(1, len(train_loss) + 1)
     ax.plot(epochs, train_loss, label="train")
     if len(val_loss):
@@ -107,7 +120,7 @@ def loss_curves(train_loss: Sequence[float], val_loss: Sequence[float], best_epo
 def feature_error_bars(names: Sequence[str], mean_errors: np.ndarray) -> Figure:
     """Mean reconstruction error per input feature on calibration data, largest first."""
     order = np.argsort(mean_errors)[::-1]
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(names) + 1)), layout="constrained")
+    fig, ax = _pyplot().subplots(figsize=(7, max(2.5, 0.35 * len(names) + 1)), layout="constrained")
     ax.barh([names[i] for i in order][::-1], np.asarray(mean_errors)[order][::-1], color="tab:blue")
     ax.set_xlabel("mean reconstruction error (held-out normal rows)")
     ax.set_title("Error per feature")
@@ -134,7 +147,7 @@ def series_review(
         NaN where a point has no score (e.g. rejected).
     """
     n_shown = min(len(feature_names), max_features)
-    fig, axes = plt.subplots(
+    fig, axes = _pyplot().subplots(
         n_shown + 1, 1, figsize=(10, 1.4 * (n_shown + 1) + 0.6), sharex=True, layout="constrained"
     )
     flagged = np.nan_to_num(scores, nan=-np.inf) > threshold
@@ -167,7 +180,7 @@ def latent_pca(latent: np.ndarray, flagged: np.ndarray, threshold: float) -> Fig
 
     codes = np.asarray(latent, dtype=np.float64)
     mask = np.asarray(flagged, dtype=bool)
-    fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
+    fig, ax = _pyplot().subplots(figsize=(6, 5), layout="constrained")
     if codes.shape[1] >= 2:
         pca = PCA(n_components=2).fit(codes)
         xy = pca.transform(codes)
@@ -201,7 +214,7 @@ def image_grid(
     Error maps share one colour scale (the largest error shown), so columns compare directly.
     """
     n = len(images)
-    fig, axes = plt.subplots(
+    fig, axes = _pyplot().subplots(
         3, max(n, 1), figsize=(1.6 * max(n, 1) + 1, 5.2), squeeze=False, layout="constrained"
     )
     vmax = float(np.max(error_maps)) if n else 1.0
@@ -228,5 +241,7 @@ def image_grid(
 def heatmap_rgb(error_map: np.ndarray, vmax: float) -> np.ndarray:
     """An error map ``(H, W)`` as an RGB heat map ``(H, W, 3)`` uint8 (inferno, 0 to ``vmax``)."""
     scaled = np.clip(error_map / vmax, 0, 1) if vmax > 0 else np.zeros_like(error_map)
+    import matplotlib
+
     rgba = matplotlib.colormaps["inferno"](scaled)
     return (rgba[..., :3] * 255).round().astype(np.uint8)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import skops.io as sio
 from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 
@@ -36,6 +37,31 @@ _TRUSTED_TYPES = frozenset(
         "builtins.slice",
     }
 )
+
+
+def _skops_io() -> ModuleType:
+    """``skops.io``, imported on first save or load without its scan of all of scikit-learn.
+
+    At import, skops lists every scikit-learn estimator (``sklearn.utils.all_estimators``, which
+    imports each of scikit-learn's modules, dask's array API and more: 2-4 s, the largest part
+    of `anomaly score`'s start-up) as trusted by default. Its list is built from ours instead,
+    for that one import: a preprocessor holds nothing else, the load below trusts only
+    ``_TRUSTED_TYPES`` anyway, and any other estimator a skops file names in this process is
+    reported as untrusted, which is stricter, never looser.
+    """
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    import sklearn.utils
+
+    ours = (ColumnTransformer, StandardScaler, MinMaxScaler, OneHotEncoder)
+    scan = sklearn.utils.all_estimators
+    sklearn.utils.all_estimators = lambda type_filter=None: [(c.__name__, c) for c in ours]
+    try:
+        import skops.io
+    finally:
+        sklearn.utils.all_estimators = scan
+    return skops.io
+
 
 MISSING_CATEGORY = "__missing__"
 ENCODED_LIMIT = 1e6
@@ -168,7 +194,7 @@ class TabularPreprocessor:
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write ``preprocessor.skops`` (scikit-learn objects, no pickle) and the medians to JSON."""
         directory = Path(directory)
-        sio.dump(self.transformer_, directory / "preprocessor.skops")
+        _skops_io().dump(self.transformer_, directory / "preprocessor.skops")
         (directory / "preprocessor.json").write_text(
             json.dumps({"scaler": self.scaler, "medians": self.medians_}, indent=2)
         )
@@ -179,6 +205,7 @@ class TabularPreprocessor:
         directory = Path(directory)
         path = directory / "preprocessor.skops"
         try:
+            sio = _skops_io()
             untrusted = set(sio.get_untrusted_types(file=path))
             unexpected = untrusted - _TRUSTED_TYPES
             if unexpected:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,8 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Registry models fetched by the tests are cached here, not in the user's ~/.cache.
+os.environ["ANOMALY_CACHE_DIR"] = tempfile.mkdtemp(prefix="anomaly-test-cache-")
 
 from anomaly.data.synthetic import make_sensor_table
 

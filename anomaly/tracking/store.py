@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 import yaml
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from anomaly.errors import ModelFileError, ModelNotFoundError
 from anomaly.integrity import MANIFEST_TAG, verify_digest
+from anomaly.tracking.model_cache import cache_root, entry_path, load_cached
 from anomaly.tracking_uri import check_tracking_uri, require_store, sqlite_path
 
 if TYPE_CHECKING:
@@ -128,6 +128,8 @@ class RegisteredModel:
 
 def log_figure(fig: Any, name: str) -> None:
     """Log a matplotlib figure to the active run and free it."""
+    import matplotlib.pyplot as plt  # imported by whoever drew ``fig``; not needed to score
+
     mlflow.log_figure(fig, name)
     plt.close(fig)
 
@@ -198,27 +200,44 @@ def resolve_model_version(model_uri: str, config: TrackingConfig) -> tuple[str, 
 
 
 def load_registered_detector(
-    model_uri: str, config: TrackingConfig, device: str = "auto"
+    model_uri: str, config: TrackingConfig, device: str = "auto", cache: bool = True
 ) -> LoadedModel:
-    """Download a registered model's detector files and load them safely (no pyfunc code is run)."""
+    """Fetch a registered model's detector files and load them safely (no pyfunc code is run).
+
+    With ``cache``, a version fetched once is read from the local cache (see
+    :mod:`~anomaly.tracking.model_cache`) and checked as a download is; versions registered
+    without a manifest digest are always downloaded.
+    """
     from anomaly.detectors import AutoencoderDetector
 
     name, version = resolve_model_version(model_uri, config)
     exact = f"models:/{name}/{version}"
-    # The detector is read into memory whole, so the download can go once it is loaded.
-    with tempfile.TemporaryDirectory(prefix="anomaly-model-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=exact, dst_path=tmp))
+    tags = MlflowClient().get_model_version(name, version).tags
+    digest = tags.get(MANIFEST_TAG)
+    if digest is None:
+        logger.warning("%s: no manifest digest recorded (registered before v0.1.1)", exact)
+
+    def download(into: Path) -> Path:
+        into.mkdir(parents=True, exist_ok=True)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=exact, dst_path=str(into)))
+
+    def load(local: Path) -> AutoencoderDetector:
         detector_dir = local / "artifacts" / "detector"
         if not detector_dir.is_dir():
             raise ModelFileError(
                 f"{exact}: no detector files in the model artifact (expected artifacts/detector)"
             )
-        tags = MlflowClient().get_model_version(name, version).tags
-        if MANIFEST_TAG in tags:
-            verify_digest(detector_dir, tags[MANIFEST_TAG], exact)
-        else:
-            logger.warning("%s: no manifest digest recorded (registered before v0.1.1)", exact)
-        detector = AutoencoderDetector.load(detector_dir, device=device)
+        if digest is not None:
+            verify_digest(detector_dir, digest, exact)
+        return AutoencoderDetector.load(detector_dir, device=device)
+
+    if cache and digest is not None:
+        entry = entry_path(cache_root(), config.tracking_uri, name, version, digest)
+        detector = load_cached(entry, download, load)
+    else:
+        # The detector is read into memory whole, so the download can go once it is loaded.
+        with tempfile.TemporaryDirectory(prefix="anomaly-model-") as tmp:
+            detector = load(download(Path(tmp)))
     # The version's recorded threshold is what reviewers approved; a model whose files say
     # otherwise was changed after registration, whatever its manifest says.
     if "threshold" in tags and f"{detector.threshold_:.6g}" != tags["threshold"]:
