@@ -17,7 +17,7 @@ export DO_NOT_TRACK ?= 1
 # Prefect's temporary local server may need longer than its 20 s default on a busy 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: demo test lint bench-adbench bench-stream bench-train bench-keys bench-mnist clean
+.PHONY: demo test lint bench-adbench bench-stream bench-train bench-keys bench-mnist bench-startup clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -56,6 +56,11 @@ bench-train: $(VENV)/.installed
 # Peak memory of duplicate-key detection at N and 4N distinct keys, bounded vs all in memory.
 bench-keys: $(VENV)/.installed
 	$(PY) benchmarks/key_index_memory.py
+
+# Time to the first scored row and peak RSS of `anomaly score`, cold and warm model cache, as
+# ratios to `python -c "import torch"` measured in the same run.
+bench-startup: $(VENV)/.installed
+	$(PY) benchmarks/startup.py
 
 # One-class MNIST (10 digits x 3 seeds): conv autoencoder beside IsolationForest and a dense AE.
 bench-mnist: $(VENV)/.installed
