@@ -27,7 +27,7 @@ from anomaly.data.paths import (
     check_output_paths,
     mark_output_folder,
 )
-from anomaly.data.schema import OUTPUT_COLUMNS, SCORED_FIELDS
+from anomaly.data.schema import OUTPUT_COLUMNS
 from anomaly.data.series import list_series_files, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
 from anomaly.errors import DataFileError, SchemaError
@@ -404,4 +404,4 @@ def write_outputs(
         scored = scored.assign(heatmap=write_heatmaps(batch, heatmaps_dir_for(output)))
     # The scored output lands last: once it exists, its rejects file is complete beside it.
     rej = write_parquet_atomic(batch.rejected, rejects_path, role="rejects")
-    return write_parquet_atomic(scored, output, role="scored", types=SCORED_FIELDS), rej
+    return write_parquet_atomic(scored, output, role="scored"), rej

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -89,15 +89,13 @@ def write_parquet_atomic(
     path: str | os.PathLike[str],
     role: str | None = None,
     metadata: dict[str, str] | None = None,
-    types: Sequence[pa.Field] = (),
 ) -> Path:
     """Write ``frame`` to ``path`` through a temporary file in the same directory, then rename.
 
     Readers never see a half-written file, and a crash leaves at most a hidden temporary file.
     ``role`` marks the file as a run's output of that role (see :mod:`anomaly.data.paths`), so
     input listings of later runs pass over it. ``metadata`` is added to the file's footer (the
-    series context keeps its event state there, so both move in one rename). Columns named in
-    ``types`` are written with that Arrow type (pandas' own choice may differ, e.g. large_string).
+    series context keeps its event state there, so both move in one rename).
     """
     target = Path(path)
     try:
@@ -107,10 +105,6 @@ def write_parquet_atomic(
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        for spec in types:
-            if spec.name in table.column_names:
-                at = table.column_names.index(spec.name)
-                table = table.set_column(at, spec.name, table.column(at).cast(spec.type))
         if metadata:
             table = table.replace_schema_metadata(
                 {
