@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -505,11 +504,14 @@ def serve(
     output_dir: Annotated[str | None, typer.Option(help="Folder for scored files")] = None,
     train_data: Annotated[str | None, typer.Option(help="Normal data to retrain on")] = None,
     model_name: ModelNameOpt = None,
+    tracking_config: TrackingOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the nightly retraining and landing-folder scoring deployments from this process.
 
-    Uses the Prefect API at PREFECT_API_URL, or a local one Prefect starts. Stop with Ctrl-C.
+    Uses the Prefect API at PREFECT_API_URL, or starts a local Prefect server for this process
+    (its URL is printed, for the UI and the Prefect CLI). The landing folder is scored at start,
+    then on schedule. Stop with Ctrl-C.
     """
     import yaml
 
@@ -517,9 +519,7 @@ def serve(
     try:
         # Imported by name at call time: the library and the other commands never import
         # Prefect, and `mypy anomaly` stays on the library (flows are checked by their tests).
-        # Prefect's local API migrates its database on first start, which can outlast the 20 s
-        # Prefect allows by default on a busy machine.
-        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+        # Importing flows sets the process defaults (telemetry off, a longer server start).
         deployments = importlib.import_module("flows.deployments")
         ServeSettings, serve_all = deployments.ServeSettings, deployments.serve_all
 
@@ -529,11 +529,15 @@ def serve(
             "output_dir": output_dir,
             "train_data": train_data,
             "model_name": model_name,
+            "tracking_config": None if tracking_config is None else str(tracking_config),
         }
         settings = ServeSettings(**(data | {k: v for k, v in overrides.items() if v is not None}))
     except Exception as exc:
         _fail(exc, verbose)
-    serve_all(settings)
+    try:
+        serve_all(settings)
+    except AnomalyError as exc:
+        _fail(exc, verbose)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,12 +2,14 @@
 
 ``anomaly serve`` (or ``python -m flows.deployments``) serves both from this process: Prefect
 schedules the runs and this process executes them, against ``PREFECT_API_URL`` when set, else a
-local server Prefect starts for the process. ``prefect.yaml`` declares the same two deployments
+local Prefect server started for the process (see ``flows.local_server``). ``prefect.yaml`` declares the same two deployments
 for ``prefect deploy`` onto a Prefect server and a work pool (see the README).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from anomaly.config import TrainSettings
 from anomaly.monitoring import AlertSettings
+
+logger = logging.getLogger(__name__)
 
 
 class ServeSettings(BaseModel):
@@ -87,14 +91,69 @@ def build_deployments(settings: ServeSettings | None = None) -> list[Any]:
     return [retrain, score]
 
 
-def serve_all(settings: ServeSettings | None = None) -> None:
-    """Serve both deployments from this process until interrupted."""
-    from prefect import serve
+def _schedule_text(deployment: Any) -> str:
+    """When ``deployment``'s runs are due, in words, from its first schedule."""
+    from datetime import datetime, timezone
 
-    for folder in filter(None, [(settings or ServeSettings()).landing]):
+    from prefect.server.schemas.schedules import CronSchedule
+
+    schedule = deployment.schedules[0].schedule
+    interval = getattr(schedule, "interval", None)
+    if interval is not None:
+        return f"now, then every {interval.total_seconds():.0f} s"
+    cron = CronSchedule(cron=schedule.cron, timezone=schedule.timezone or "UTC")
+    (due,) = asyncio.run(cron.get_dates(n=1, start=datetime.now(timezone.utc)))
+    return f"{due.isoformat(timespec='minutes')} (cron {schedule.cron!r}, {cron.timezone})"
+
+
+def serve_all(settings: ServeSettings | None = None) -> None:
+    """Serve both deployments from this process until interrupted (Ctrl-C or SIGTERM).
+
+    With no ``PREFECT_API_URL`` a local Prefect server is started for the process (Prefect's
+    temporary one has no scheduler). The landing folder is scored once right after the
+    deployments register, so files already waiting do not wait for the first interval.
+    """
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    from flows.local_server import prefect_api
+
+    settings = settings or ServeSettings()
+    for folder in (settings.landing, settings.output_dir):
         Path(folder).mkdir(parents=True, exist_ok=True)
-    serve(*build_deployments(settings))
+    with prefect_api(settings.output_dir) as api:
+        deployments = build_deployments(settings)
+        runner = Runner(pause_on_shutdown=not api.started_here)
+        ids = {d.name: runner.add_deployment(d) for d in deployments}
+        run_deployment(ids["score-landing"], timeout=0, as_subflow=False)
+        where = (
+            f"a local Prefect server started for this process at {api.api_url} "
+            f"(UI {api.ui_url}; for the Prefect CLI: export PREFECT_API_URL={api.api_url})"
+            if api.started_here
+            else f"the Prefect API at {api.api_url}"
+        )
+        logger.info("Serving on %s", where)
+        logger.info(
+            "Watching landing folder %s; scores, rejects and the ledger go to %s",
+            Path(settings.landing).resolve(),
+            Path(settings.output_dir).resolve(),
+        )
+        for deployment in deployments:
+            logger.info(
+                "%s/%s: next runs %s",
+                deployment.flow_name,
+                deployment.name,
+                _schedule_text(deployment),
+            )
+        logger.info("Stop with Ctrl-C")
+        try:
+            asyncio.run(runner.start())
+        except (KeyboardInterrupt, TerminationSignal):
+            pass
+    logger.info("Stopped serving")
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     serve_all()

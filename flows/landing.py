@@ -38,6 +38,21 @@ class LandingRun:
     alerts: list[str] = field(default_factory=list)
 
 
+class LandingRunFailed(Exception):
+    """What ``result()`` raises for a failed landing run; ``run`` is the run's record.
+
+    Prefect resolves a failed state's data into an exception (a served run does so as it ends),
+    so the record travels inside one: any other object there is a ``TypeError`` in the log.
+    """
+
+    def __init__(self, message: str, run: LandingRun):
+        super().__init__(message, run)
+        self.run = run
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 @task(
     retries=2,
     retry_delay_seconds=5,
@@ -145,12 +160,12 @@ def landing_flow(
             "\n".join(run.alerts),
         )
     if run.failed:
-        return Failed(message="; ".join(run.failed + run.quarantined + run.alerts), data=run)
+        message = "; ".join(run.failed + run.quarantined + run.alerts)
+        return Failed(message=message, data=LandingRunFailed(message, run))
     if run.quarantined:
+        message = "quarantined: " + "; ".join(run.quarantined + run.alerts)
         return Failed(
-            name=PARTIAL_FAILURE_STATE,
-            message="quarantined: " + "; ".join(run.quarantined + run.alerts),
-            data=run,
+            name=PARTIAL_FAILURE_STATE, message=message, data=LandingRunFailed(message, run)
         )
     if run.alerts:
         return Completed(name=ALERT_STATE, message="; ".join(run.alerts), data=run)
