@@ -138,17 +138,6 @@ def champion_settings(tracking: TrackingConfig) -> TrainSettings | None:
     return TrainSettings.model_validate(recorded)
 
 
-def check_against_champion(
-    model: RegisteredModel,
-    detector: AutoencoderDetector,
-    result: GateResult,
-    tracking: TrackingConfig,
-) -> GateResult:
-    """``result``, failed with the reason, when ``detector`` wants other input than the champion."""
-    why = champion_refusal(model, detector, tracking)
-    return result if why is None else replace(result, passed=False, reasons=(*result.reasons, why))
-
-
 def champion_refusal(
     model: RegisteredModel, detector: AutoencoderDetector, tracking: TrackingConfig
 ) -> str | None:
