@@ -13,10 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from anomaly.data.images import (
-    read_images,
-    write_png_atomic,
-)
+from anomaly.data.images import read_images
 from anomaly.data.parquet import (
     list_parquet_files,
     output_lock,
@@ -25,18 +22,18 @@ from anomaly.data.parquet import (
 )
 from anomaly.data.paths import (
     check_output_paths,
-    mark_output_folder,
 )
 from anomaly.data.schema import OUTPUT_COLUMNS
 from anomaly.data.series import list_series_files, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
 from anomaly.errors import DataFileError, SchemaError
 from anomaly.events import EventSettings, EventTracker, scored_events
+from anomaly.heatmaps import HeatmapWriter
 from anomaly.models import IMAGE_MODELS
-from anomaly.plots import heatmap_rgb
 from anomaly.quarantine import QuarantinedFile, quarantine_path_for, write_quarantine
 from anomaly.run_logging import unlogged_record_path
 from anomaly.scoring import ScoredBatch, score_frame, score_images
+from anomaly.stream_images import score_image_files
 from anomaly.streaming import StreamResult, score_parquet
 from anomaly.tracking import (
     LoadedModel,
@@ -122,8 +119,9 @@ def score_files_to(
     :func:`~anomaly.quarantine.quarantine_path_for` the output. A time-series model carries
     points across rows and files, so its data is scored in order in memory
     (:func:`score_series_files`, continuing from ``context_path``) and then written.
-    So is an image batch (decoded images are the unit, not Parquet record batches); with
-    ``heatmaps`` its flagged images' error maps are written as PNG beside the output.
+    Images stream a chunk of decoded images at a time
+    (:func:`anomaly.stream_images.score_image_files`); with ``heatmaps`` each flagged image's
+    heat map is written as PNG beside the output (:mod:`anomaly.heatmaps`).
     A time-series run also writes its anomaly events (:mod:`anomaly.events`, grouped by
     ``event_settings``) to :func:`events_path_for` the output, carrying open events to the next
     run in ``context_path``, and returns a :class:`SeriesStreamResult`.
@@ -169,17 +167,21 @@ def _score_files_to(
     event_settings: EventSettings | None = None,
 ) -> StreamResult:
     detector = model.detector
-    if detector.window is not None or detector.model in IMAGE_MODELS:
-        context = None
-        if detector.window is not None:
-            batch, context = _score_series(model, data, context_path)
-        else:
-            batch = score_files(model, data)
-        out, rej = write_outputs(batch, output, rejects_path, heatmaps=heatmaps)
+    if detector.model in IMAGE_MODELS:
+        return score_image_files(
+            detector,
+            data,
+            output,
+            rejects_path,
+            model.name,
+            model.version,
+            heatmaps=heatmaps_dir_for(output) if heatmaps else None,
+        )
+    if detector.window is not None:
+        batch, context = _score_series(model, data, context_path)
+        out, rej = write_outputs(batch, output, rejects_path)
         quarantine = write_quarantine(batch.quarantined, quarantine_path_for(output))
         result = StreamResult.of_batch(batch, out, rej, quarantine)
-        if detector.window is None:
-            return result
         events, tracker = _series_events(batch, detector, context_path, event_settings)
         events_file = write_parquet_atomic(events, events_path_for(output), role="events")
         # The context (with the open events) moves on only once the outputs are in place: a
@@ -366,21 +368,18 @@ def heatmaps_dir_for(output: str | os.PathLike[str]) -> Path:
 
 
 def write_heatmaps(batch: ScoredBatch, directory: str | os.PathLike[str]) -> pd.Series:
-    """Write the error map of every flagged image as a PNG heat map; return the paths by scored row.
+    """Write the heat map of every flagged image as PNG; return the paths by scored row.
 
-    All maps share one colour scale (the largest error among them), so they compare directly.
-    Files are named by the image's row in the scored output (``000042.png``).
+    As a streamed run writes them (:mod:`anomaly.heatmaps`): the image in grey under its error
+    map, on the model's fixed colour scale, named by the image's key.
     """
-    paths = pd.Series(pd.NA, index=batch.scored.index, dtype="string")
     review = batch.images
     if review is None or not len(review.flagged_rows):
-        return paths
-    mark_output_folder(directory)
-    vmax = float(np.max(review.flagged_error_maps))
-    for row, error_map in zip(review.flagged_rows, review.flagged_error_maps, strict=True):
-        path = write_png_atomic(heatmap_rgb(error_map, vmax), Path(directory) / f"{row:06d}.png")
-        paths.iloc[row] = str(path)
-    return paths
+        return pd.Series(pd.NA, index=batch.scored.index, dtype="string")
+    scored = batch.scored
+    keys = list(scored.columns[: scored.columns.get_loc("anomaly_score")])
+    writer = HeatmapWriter(directory, float(scored["threshold"].iloc[0]))
+    return writer.write(batch, keys)
 
 
 def write_outputs(

@@ -245,3 +245,48 @@ def heatmap_rgb(error_map: np.ndarray, vmax: float) -> np.ndarray:
 
     rgba = matplotlib.colormaps["inferno"](scaled)
     return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+class HeatmapFigure:
+    """One figure redrawn for each heat map: the image in grey, its error map over it, a colour bar.
+
+    Every map shares the fixed scale 0 to ``vmax`` (pixel error), so colours compare across
+    images. A map's opacity grows with its error, so the image shows through where the
+    reconstruction is good. The figure is made once and redrawn, which is several times
+    faster than a figure per map, and it is drawn without pyplot (no global figure registry).
+    Small images are shown enlarged (nearest-neighbour, pixels stay visible): the PNG is
+    about ``size_px`` wide whatever the image size.
+    """
+
+    def __init__(self, vmax: float, size_px: int = 360):
+        _pyplot()  # the Agg backend, set before the first figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+        from matplotlib.figure import Figure
+
+        self.vmax = float(vmax) if vmax > 0 else 1.0
+        dpi = 100
+        self.figure = Figure(figsize=(size_px / dpi, 0.85 * size_px / dpi), dpi=dpi)
+        self.canvas = FigureCanvasAgg(self.figure)
+        self.ax = self.figure.add_axes((0.02, 0.03, 0.72, 0.82))
+        cax = self.figure.add_axes((0.80, 0.08, 0.05, 0.72))
+        self.norm = Normalize(0.0, self.vmax, clip=True)
+        bar = self.figure.colorbar(ScalarMappable(self.norm, "inferno"), cax=cax, extend="max")
+        bar.set_label("pixel error", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+
+    def render(self, image: np.ndarray, error_map: np.ndarray, title: str) -> np.ndarray:
+        """The heat map of ``image`` ``(C, H, W)`` in [0, 1] and its ``error_map`` ``(H, W)`` as
+        RGB ``(height_px, width_px, 3)`` uint8."""
+        grey = np.asarray(image, dtype=np.float32).mean(axis=0)
+        errors = np.asarray(error_map, dtype=np.float32)
+        ax = self.ax
+        ax.clear()
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        opacity = 0.25 + 0.65 * np.clip(errors / self.vmax, 0, 1)
+        ax.imshow(errors, cmap="inferno", norm=self.norm, alpha=opacity, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=8)
+        self.canvas.draw()
+        return np.asarray(self.canvas.buffer_rgba())[..., :3].copy()

@@ -93,7 +93,7 @@ def conform(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
         ) from exc
 
 
-class _ParquetSink:
+class ParquetSink:
     """One output file written batch by batch to a hidden temporary file, renamed on commit."""
 
     def __init__(
@@ -139,7 +139,7 @@ class _ParquetSink:
 
 
 @dataclass
-class _ScoreSample:
+class ScoreSample:
     """A uniform sample of at most ``size`` scores (all of them while fewer), in constant memory.
 
     Each score draws a random key and the ``size`` smallest keys are kept (bottom-k sampling);
@@ -225,6 +225,11 @@ class StreamResult:
         )
 
 
+# The names the table path used before the image path shared these classes.
+_ParquetSink = ParquetSink
+_ScoreSample = ScoreSample
+
+
 class ScoredWriter:
     """Appends scored and rejected tables, in order, to the two output files; counts as it goes.
 
@@ -248,10 +253,10 @@ class ScoredWriter:
         # Dictionary-encode only the repetitive text columns: trying it on the float score
         # columns (always unique) doubled the writing time of the scored file.
         text = [f.name for f in scored_schema if pa.types.is_string(f.type)]
-        self.scored = _ParquetSink(output, scored_schema, "scored", use_dictionary=text)
-        self.rejects = _ParquetSink(rejects, rejects_schema, "rejects")
+        self.scored = ParquetSink(output, scored_schema, "scored", use_dictionary=text)
+        self.rejects = ParquetSink(rejects, rejects_schema, "rejects")
         self.n_scored = self.n_rejected = self.n_flagged = 0
-        self.sample = _ScoreSample(SCORE_SAMPLE_SIZE)
+        self.sample = ScoreSample(SCORE_SAMPLE_SIZE)
         # Duplicate keys are found here, where every file's scored rows pass in order, so a
         # single process and a Dask cluster write the same column.
         self.keys = list(scored_schema.names[: scored_schema.get_field_index("anomaly_score")])

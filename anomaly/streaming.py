@@ -77,6 +77,7 @@ __all__ = [
     "run_with_quarantine",
     "score_parquet",
     "score_record_batch",
+    "torch_threads",
 ]
 
 # 64 Ki rows: large enough that per-batch overhead (pandas, sklearn, kernel launches) is small
@@ -278,7 +279,7 @@ def finish_quarantine(
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int | None, device: torch.device) -> Iterator[None]:
+def torch_threads(threads: int | None, device: torch.device) -> Iterator[None]:
     """Run the forward pass on ``threads`` CPU threads (default: all cores but one).
 
     The spare core reads and writes. Without it, torch's OpenMP threads and the reader contend
@@ -294,6 +295,10 @@ def _torch_threads(threads: int | None, device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# The name the table path and its callers used before images shared it.
+_torch_threads = torch_threads
 
 
 def _score_sources(

@@ -200,6 +200,11 @@ class ImageReview:
         Positions in ``ScoredBatch.scored`` of every flagged image.
     flagged_error_maps : ndarray (m, H, W)
         Their error maps (for heat maps beside the output).
+    top_scores : ndarray (k,), optional
+        Scores of the top images: a streamed run keeps only a sample of all its scores, so
+        ``top_rows`` cannot index them.
+    flagged_images : ndarray (m, C, H, W), optional
+        The flagged images, drawn under their heat maps.
     """
 
     top_rows: np.ndarray
@@ -208,6 +213,8 @@ class ImageReview:
     top_error_maps: np.ndarray
     flagged_rows: np.ndarray
     flagged_error_maps: np.ndarray
+    top_scores: np.ndarray | None = None
+    flagged_images: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -379,6 +386,8 @@ def score_images(
         top_error_maps=detector.error_maps(batch.images[top]),
         flagged_rows=flagged,
         flagged_error_maps=detector.error_maps(batch.images[flagged]),
+        top_scores=scores[top],
+        flagged_images=batch.images[flagged],
     )
     return ScoredBatch(
         scored=scored,

@@ -123,7 +123,7 @@ def log_scoring_run(
                     review.top_images,
                     review.top_reconstructions,
                     review.top_error_maps,
-                    scores[review.top_rows],
+                    scores[review.top_rows] if review.top_scores is None else review.top_scores,
                     title="Highest-scoring images (score above), reconstructions, error maps",
                 ),
                 "plots/top_scoring_images.png",
