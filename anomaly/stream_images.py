@@ -346,7 +346,7 @@ def _score_chunks(
                 scored = batch.scored
                 if heatmaps is not None:
                     scored = scored.assign(heatmap=heatmaps.write(batch, chunk.key_columns))
-                source = str(scored["source_file"].iloc[0]) if len(scored) else ""
+                source = _source_of(chunk)
                 sinks[0].write(_arrow(batch.rejected, rejects_schema, source))
                 sinks[1].write(_arrow(scored, scored_schema, source))
                 top.add(batch.images, n_scored)
@@ -374,6 +374,14 @@ def _score_chunks(
         rejects=rejects_path,
         images=top.review(),
     )
+
+
+def _source_of(chunk: ImageBatch) -> str:
+    """The file a chunk came from (a chunk of Parquet rows never spans two files)."""
+    for frame in (chunk.index, chunk.rejected):
+        if len(frame):
+            return str(frame["source_file"].iloc[0])
+    return ""
 
 
 def _arrow(frame: pd.DataFrame, schema: pa.Schema, source: str) -> pa.Table:
