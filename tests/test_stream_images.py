@@ -106,6 +106,10 @@ def test_folder_streamed_in_chunks_writes_what_the_in_memory_path_writes(
     assert result.n_rejected == 2 and result.n_flagged == batch.n_flagged >= 8
     _same_files(out, memory)
     _same_files(rejects, memory.with_name("scores.rejects.parquet"))
+    # Written a chunk at a time: one row group per chunk, none larger than a chunk.
+    groups = pq.ParquetFile(out).metadata
+    sizes = [groups.row_group(i).num_rows for i in range(groups.num_row_groups)]
+    assert len(sizes) == 4 and max(sizes) <= 16
     reasons = pd.read_parquet(rejects).set_index("path")["reason"]
     assert reasons[str(folder / "a" / "truncated.png")].startswith("corrupt or truncated")
     assert reasons[str(folder / "b" / "empty.png")] == "empty image (0 bytes)"
