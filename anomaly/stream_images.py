@@ -132,7 +132,7 @@ def plan_image_sources(
             for column in (image_column, *key_columns):
                 if column not in schema.names:
                     raise SchemaError(
-                        f"{path}: missing column {column!r} (image bytes column "
+                        f"missing column {column!r} (image bytes column "
                         f"{image_column!r}, keys {list(key_columns)}); found {schema.names}",
                         column=column,
                         source=str(path),
@@ -141,8 +141,7 @@ def plan_image_sources(
             if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
                 if not pa.types.is_null(kind):
                     raise SchemaError(
-                        f"{path}: column {image_column!r} must hold encoded image bytes, "
-                        f"found {kind}",
+                        f"column {image_column!r} must hold encoded image bytes, found {kind}",
                         column=image_column,
                         source=str(path),
                     )

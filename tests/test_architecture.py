@@ -186,6 +186,8 @@ _LAYERS = [
         "anomaly.stream_sources",
         "anomaly.stream_sinks",
         "anomaly.streaming",
+        "anomaly.stream_images",
+        "anomaly.heatmaps",
         "anomaly.distributed",
         "anomaly.mlflow_model",
         "anomaly.config",

@@ -203,7 +203,7 @@ def test_parquet_streamed_in_chunks_with_quarantine_adds_up(detector, tmp_path):
     ]
     assert result.n_rows + result.n_quarantined_rows == 32  # part-3's rows cannot be known
     quarantine = pd.read_parquet(result.quarantine)
-    assert "missing column 'img'" in quarantine["reason"].iloc[0]
+    assert quarantine["reason"].iloc[0].startswith("missing column 'img'")
     rejected = pd.read_parquet(rejects)
     assert rejected["item"].tolist() == [3, 11]
     assert rejected["reason"].tolist() == [
