@@ -16,6 +16,8 @@ from PIL import Image
 from anomaly import AutoencoderDetector
 from anomaly.data.synthetic import make_blob_images
 from anomaly.file_scoring import score_files, score_files_to, write_outputs
+from anomaly.heatmaps import heatmap_vmax
+from anomaly.plots import HeatmapFigure
 from anomaly.stream_images import chunk_size, score_image_files
 from anomaly.tracking import LoadedModel
 from anomaly.tracking.scoring_run import log_scoring_run
@@ -158,8 +160,19 @@ def test_heat_maps_one_per_flagged_image_named_by_key_on_one_scale(detector, fol
         column = pixels[int(0.15 * len(pixels)) : int(0.85 * len(pixels)), int(0.825 * width)]
         assert len({tuple(c) for c in column}) > 50
         bars.append(bar)
-    # One scale for all maps, whichever chunk drew them: the bars are the same pixels.
-    assert all(np.array_equal(bars[0], bar) for bar in bars[1:])
+    # One scale for all maps, whichever chunk drew them, fixed by the model's threshold: every
+    # bar is the same pixels as the bar of that scale.
+    reference = HeatmapFigure(heatmap_vmax(detector.threshold_)).render(
+        np.zeros((1, *SIZE)), np.zeros(SIZE), "any"
+    )
+    reference_bar = reference[:, int(0.78 * reference.shape[1]) :]
+    assert all(np.array_equal(reference_bar, bar) for bar in bars)
+    assert not np.array_equal(
+        reference_bar,
+        HeatmapFigure(1.0).render(np.zeros((1, *SIZE)), np.zeros(SIZE), "any")[
+            :, int(0.78 * reference.shape[1]) :
+        ],
+    )
     # The images themselves differ.
     with Image.open(flagged["heatmap"].iloc[0]) as a, Image.open(flagged["heatmap"].iloc[1]) as b:
         assert not np.array_equal(np.asarray(a), np.asarray(b))
