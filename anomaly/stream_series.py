@@ -627,7 +627,7 @@ def _file_context(
     parts = []
     if before is not None and len(before):
         b_ids = series_ids(before, policy).astype(str)
-        firsts = {}
+        firsts: dict[str, float] = {}
         if policy.time_column is not None:
             t_new = time_values(after.loc[mine], policy.time_column, "context")[0]
             for sid, t in zip(ids[mine].astype(str), t_new, strict=True):
