@@ -302,6 +302,19 @@ class EventTracker:
         self._open[key], self._trailing[key] = current, trailing
         return out + self._emit(key, current, single, is_open=True)
 
+    def open_events(self, keys: list[str], single: bool, times: np.ndarray | None) -> pd.DataFrame:
+        """The events of these series still open, as :meth:`update` lists them at a batch's end.
+
+        A run fed to :meth:`update` in several pieces lists the closed events of every piece
+        and, at its end, these: together the events one :meth:`update` of the whole run gives.
+        ``times`` is any array of the run's time type (its dtype types the columns), or None.
+        """
+        rows: list[dict[str, Any]] = []
+        for key in keys:
+            if key in self._open:
+                rows += self._emit(key, self._open[key], single, is_open=True)
+        return self._frame(rows, times)
+
     def _emit(self, key: str, ev: _Open, single: bool, is_open: bool) -> list[dict[str, Any]]:
         span = ev.end_position - ev.start_position + 1
         if span < self.settings.min_duration:

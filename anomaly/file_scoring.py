@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from anomaly.data.images import read_images
 from anomaly.data.parquet import (
@@ -27,13 +25,20 @@ from anomaly.data.schema import OUTPUT_COLUMNS
 from anomaly.data.series import list_series_files, read_series_file, update_context
 from anomaly.detectors import AutoencoderDetector
 from anomaly.errors import DataFileError, SchemaError
-from anomaly.events import EventSettings, EventTracker, scored_events
+from anomaly.events import EventSettings
 from anomaly.heatmaps import HeatmapWriter
 from anomaly.models import IMAGE_MODELS
-from anomaly.quarantine import QuarantinedFile, quarantine_path_for, write_quarantine
+from anomaly.quarantine import QuarantinedFile, quarantine_path_for
 from anomaly.run_logging import unlogged_record_path
 from anomaly.scoring import ScoredBatch, score_frame, score_images
 from anomaly.stream_images import score_image_files
+from anomaly.stream_series import (
+    EVENT_STATE_KEY,
+    SeriesStreamResult,
+    event_state,
+    events_path_for,
+    score_series_stream,
+)
 from anomaly.streaming import StreamResult, score_parquet
 from anomaly.tracking import (
     LoadedModel,
@@ -45,58 +50,6 @@ logger = logging.getLogger(__name__)
 def context_path_for(output: str | os.PathLike[str], model_name: str) -> Path:
     """Default context file of a time-series model, beside the output: ``NAME.context.parquet``."""
     return Path(output).with_name(f"{model_name}.context.parquet")
-
-
-# Footer key of the context file holding the event tracker's state: the two move together.
-EVENT_STATE_KEY = "anomaly.events"
-
-
-def events_path_for(output: str | os.PathLike[str]) -> Path:
-    """Events of a time-series run, beside the output: ``scores.parquet`` -> ``scores.events.parquet``."""
-    out = Path(output)
-    return out.with_name(f"{out.stem}.events.parquet")
-
-
-@dataclass(frozen=True)
-class SeriesStreamResult(StreamResult):
-    """A time-series run's :class:`StreamResult` plus its events file and counts.
-
-    ``n_events`` counts events that closed in this run (summed over runs, each event once),
-    ``n_open_events`` those still open at its end (listed with ``open`` set, closed later).
-    """
-
-    events: Path | None = None
-    n_events: int = 0
-    n_open_events: int = 0
-
-
-def _event_state(context_path: str | os.PathLike[str] | None) -> str | None:
-    if context_path is None or not Path(context_path).exists():
-        return None
-    raw = (pq.read_schema(context_path).metadata or {}).get(EVENT_STATE_KEY.encode())
-    return None if raw is None else raw.decode()
-
-
-def _series_events(
-    batch: ScoredBatch,
-    detector: AutoencoderDetector,
-    context_path: str | os.PathLike[str] | None,
-    settings: EventSettings | None,
-) -> tuple[pd.DataFrame, EventTracker]:
-    policy = detector.series_policy_
-    names = tuple(detector.schema_.feature_names)
-    errors = batch.feature_errors
-    if errors is None:  # every file quarantined: no scored rows
-        errors = np.zeros((batch.n_scored, len(names)))
-    return scored_events(
-        batch.scored,
-        errors,
-        names,
-        policy.time_column,
-        policy.series_column,
-        settings,
-        _event_state(context_path),
-    )
 
 
 def score_files_to(
@@ -178,34 +131,47 @@ def _score_files_to(
             heatmaps=heatmaps_dir_for(output) if heatmaps else None,
         )
     if detector.window is not None:
-        batch, context = _score_series(model, data, context_path)
-        out, rej = write_outputs(batch, output, rejects_path)
-        quarantine = write_quarantine(batch.quarantined, quarantine_path_for(output))
-        result = StreamResult.of_batch(batch, out, rej, quarantine)
-        events, tracker = _series_events(batch, detector, context_path, event_settings)
-        events_file = write_parquet_atomic(events, events_path_for(output), role="events")
-        # The context (with the open events) moves on only once the outputs are in place: a
-        # run killed before this leaves it as it was, so the rerun scores the same rows the
-        # same way and finds the same events.
-        if context_path is not None and context is not None:
-            write_parquet_atomic(
-                context,
-                context_path,
-                role="context",
-                metadata={EVENT_STATE_KEY: tracker.to_json()},
-            )
-        return SeriesStreamResult(
-            **{f.name: getattr(result, f.name) for f in fields(StreamResult)},
-            events=events_file,
-            n_events=tracker.n_closed,
-            n_open_events=tracker.n_open,
-        )
+        return _stream_series(model, data, output, rejects_path, context_path, event_settings)
     args = (model.detector, data, output, rejects_path, model.name, model.version)
     if dask or dask_address:
         from anomaly.distributed import score_parquet_dask
 
         return score_parquet_dask(*args, address=dask_address)
     return score_parquet(*args)
+
+
+def _stream_series(
+    model: LoadedModel,
+    data: str,
+    output: str | os.PathLike[str],
+    rejects_path: Path,
+    context_path: str | os.PathLike[str] | None,
+    event_settings: EventSettings | None,
+) -> SeriesStreamResult:
+    context = None
+    if context_path is not None and Path(context_path).exists():
+        context = read_table(context_path)
+        logger.info("continuing from %d context points in %s", len(context), context_path)
+    result, context, tracker = score_series_stream(
+        model.detector,
+        data,
+        Path(output),
+        rejects_path,
+        quarantine_path_for(output),
+        context,
+        event_state(context_path),
+        model.name,
+        model.version,
+        event_settings,
+    )
+    # The context (with the open events) moves on only once the outputs are in place: a run
+    # killed before this leaves it as it was, so the rerun scores the same rows the same way and
+    # finds the same events.
+    if context_path is not None and context is not None:
+        write_parquet_atomic(
+            context, context_path, role="context", metadata={EVENT_STATE_KEY: tracker.to_json()}
+        )
+    return result
 
 
 def score_files(

@@ -145,7 +145,7 @@ class SeriesPolicy:
         return [c for c in (self.series_column, self.time_column) if c is not None]
 
 
-def _time_values(frame: pd.DataFrame, column: str, source: str | None) -> tuple[np.ndarray, bool]:
+def time_values(frame: pd.DataFrame, column: str, source: str | None) -> tuple[np.ndarray, bool]:
     """Timestamps as float seconds (NaN where missing or unparseable) and whether they are datetimes."""
     raw = frame[column]
     if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
@@ -170,8 +170,8 @@ def infer_frequency(frame: pd.DataFrame, policy: SeriesPolicy) -> float | None:
     """The median positive step between consecutive timestamps of a series (seconds), or None."""
     if policy.time_column is None:
         return None
-    times, _ = _time_values(frame, policy.time_column, None)
-    ids = _series_ids(frame, policy)
+    times, _ = time_values(frame, policy.time_column, None)
+    ids = series_ids(frame, policy)
     order = np.lexsort((times, ids))
     t, s = times[order], ids[order]
     steps = np.diff(t)[(s[1:] == s[:-1]) & np.isfinite(np.diff(t))]
@@ -179,7 +179,7 @@ def infer_frequency(frame: pd.DataFrame, policy: SeriesPolicy) -> float | None:
     return float(np.median(steps)) if len(steps) else None
 
 
-def _series_ids(frame: pd.DataFrame, policy: SeriesPolicy) -> np.ndarray:
+def series_ids(frame: pd.DataFrame, policy: SeriesPolicy) -> np.ndarray:
     if policy.series_column is None:
         return np.full(len(frame), SINGLE_SERIES, dtype=object)
     ids = frame[policy.series_column]
@@ -213,6 +213,8 @@ class SeriesLayout:
         ``""`` for rows mapped to a point, else why the row was rejected.
     counts : dict
         How many rows or points each policy decision touched.
+    short_rows : ndarray (n_rows,) or None
+        True for rows rejected because their stretch is shorter than the window.
     """
 
     values: np.ndarray
@@ -224,6 +226,7 @@ class SeriesLayout:
     row_point: np.ndarray
     reasons: np.ndarray
     counts: dict[str, int] = field(default_factory=dict)
+    short_rows: np.ndarray | None = None
 
 
 def _note(reasons: np.ndarray, mask: np.ndarray, reason: str | np.ndarray) -> None:
@@ -270,7 +273,7 @@ def build_layout(
         "short_stretch_rows": 0,
         "context_points": 0,
     }
-    ids = _series_ids(frame, policy)
+    ids = series_ids(frame, policy)
     if policy.series_column is not None:
         _note(
             reasons,
@@ -278,7 +281,7 @@ def build_layout(
             f"series id {policy.series_column!r} is missing",
         )
     if policy.time_column is not None:
-        times, _ = _time_values(frame, policy.time_column, source)
+        times, _ = time_values(frame, policy.time_column, source)
         _note(
             reasons,
             ~np.isfinite(times),
@@ -432,6 +435,7 @@ def _fill_gaps(
 
 def _reject_short_stretches(layout: SeriesLayout, window: int) -> None:
     mapped = layout.row_point >= 0
+    layout.short_rows = np.zeros(len(mapped), dtype=bool)
     for start, end in layout.segments:
         if end - start >= window:
             continue
@@ -446,6 +450,7 @@ def _reject_short_stretches(layout: SeriesLayout, window: int) -> None:
             f"fewer than the window of {window}"
         )
         layout.row_point[rows] = -1
+        layout.short_rows |= rows
         layout.counts["short_stretch_rows"] += int(rows.sum())
 
 
@@ -461,9 +466,9 @@ def _context_groups(
             f"context lacks column(s) {missing}; it was kept for a different model",
             column=missing[0],
         )
-    ids = _series_ids(context, policy)
+    ids = series_ids(context, policy)
     if policy.time_column is not None:
-        times, _ = _time_values(context, policy.time_column, "context")
+        times, _ = time_values(context, policy.time_column, "context")
     else:
         times = np.arange(len(context), dtype=np.float64)
     values = context[list(policy.features)].to_numpy(dtype=np.float64)

@@ -86,7 +86,10 @@ class SeriesKind(DetectorBase):
         )
         if self.nan_policy == "impute":
             layout.values = _fill_missing(layout.values, layout.series)
-        decisions = {k: v for k, v in layout.counts.items() if v and k != "rows"}
+        # Carrying context is the normal case, not a decision worth a line per batch.
+        decisions = {
+            k: v for k, v in layout.counts.items() if v and k not in ("rows", "context_points")
+        }
         if decisions:
             logger.info("%s: series handling %s", source or "batch", decisions)
         return layout
@@ -325,11 +328,19 @@ class SeriesKind(DetectorBase):
         self._check_series()
         frame = self._frame(X)
         self.schema_.validate(frame, require_keys=True)
-        layout = self._layout(frame, context)
+        return self.context_after(frame, context)[0]
+
+    def context_after(
+        self, frame: pd.DataFrame, context: pd.DataFrame | None = None, source: str | None = None
+    ) -> tuple[pd.DataFrame, SeriesLayout]:
+        """:meth:`next_context` of a frame already checked against the schema, with the layout
+        of its points (whose counts say what the duplicate and gap policies did to it)."""
+        layout = self._layout(frame, context, source)
         datetimes = self.time_column is not None and not pd.api.types.is_numeric_dtype(
             frame[self.time_column]
         )
-        return context_frame(layout, self.series_policy_, int(self.window), datetimes)  # type: ignore[arg-type]
+        window = int(self.window)  # type: ignore[arg-type]
+        return context_frame(layout, self.series_policy_, window, datetimes), layout
 
     def _check_series(self) -> None:
         if self.window is None:
