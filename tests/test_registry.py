@@ -66,11 +66,45 @@ def test_gate_moves_champion_only_when_it_passes(
     assert alias_version("test-detector", "champion", tracking_config) == first.version
     tags = client.get_model_version("test-detector", second.version).tags
     assert tags["gate.passed"] == "false" and "excludes the target" in tags["gate.reasons"]
+    assert tags["gate.verdict"] == "failed" and tags["gate.promoted"] == "false"
     assert client.get_model_version("test-detector", first.version).tags["gate.passed"] == "true"
     run = client.get_run(second.run_id)
     assert run.data.metrics["gate_passed"] == 0.0
     gate_file = client.download_artifacts(second.run_id, "review/gate.json")
     assert json.load(open(gate_file))["passed"] is False
+
+
+def test_an_inconclusive_gate_promotes_only_the_first_version_or_when_allowed(
+    fitted_detector, normal_table, tracking_config, client
+):
+    """40 hold-out rows cannot tell a good threshold from a bad one: the champion stays put."""
+    from anomaly.monitoring import GateSettings
+
+    small = make_sensor_table(40, seed=103)
+    first = log_training_run(fitted_detector, normal_table, "train.parquet", tracking_config)
+    # No champion yet: the first version serves all the same, saying why.
+    opened = gate_and_promote(first, fitted_detector, small, tracking_config)
+    assert opened.verdict == "inconclusive" and opened.promoted
+    assert any("first version of test-detector" in r for r in opened.reasons)
+    assert alias_version("test-detector", "champion", tracking_config) == first.version
+
+    second = log_training_run(fitted_detector, normal_table, "train.parquet", tracking_config)
+    kept = gate_and_promote(second, fitted_detector, small, tracking_config)
+    assert kept.verdict == "inconclusive" and not kept.promoted
+    assert kept.summary().startswith("inconclusive — not promoted")
+    assert alias_version("test-detector", "champion", tracking_config) == first.version
+    tags = client.get_model_version("test-detector", second.version).tags
+    assert tags["gate.verdict"] == "inconclusive" and tags["gate.promoted"] == "false"
+    assert tags["gate.n_holdout"] == "40" and int(tags["gate.min_holdout"]) > 40
+    assert "too few to tell" in tags["gate.reasons"]
+    assert client.get_run(second.run_id).data.metrics["gate_promoted"] == 0.0
+
+    allowed = gate_and_promote(
+        second, fitted_detector, small, tracking_config, GateSettings(allow_inconclusive=True)
+    )
+    assert allowed.verdict == "inconclusive" and allowed.promoted
+    assert alias_version("test-detector", "champion", tracking_config) == second.version
+    assert client.get_model_version("test-detector", second.version).tags["gate.promoted"] == "true"
 
 
 def test_retried_registration_registers_once(
