@@ -107,6 +107,38 @@ def test_an_inconclusive_gate_promotes_only_the_first_version_or_when_allowed(
     assert client.get_model_version("test-detector", second.version).tags["gate.promoted"] == "true"
 
 
+def test_each_version_describes_itself_on_its_mlflow_page(
+    fitted_detector, normal_table, tracking_config, client
+):
+    """Run link, threshold, kind, quantile, calibration size, data kind and the gate's verdict."""
+    model = log_training_run(fitted_detector, normal_table, "train.parquet", tracking_config)
+    before = client.get_model_version("test-detector", model.version).description
+    assert "| promotion gate | not run yet |" in before
+    gate = gate_and_promote(
+        model, fitted_detector, make_sensor_table(40, seed=104), tracking_config
+    )
+    text = client.get_model_version("test-detector", model.version).description
+    experiment = client.get_run(model.run_id).info.experiment_id
+    thr = fitted_detector.thresholder_
+    assert f"[{model.run_id}](#/experiments/{experiment}/runs/{model.run_id})" in text
+    assert f"| threshold | {fitted_detector.threshold_:.6g} (quantile) |" in text
+    assert f"| quantile | {thr.q} |" in text
+    assert f"| calibration rows | {len(thr.calibration_scores_)} |" in text
+    assert "| data | tabular, from `train.parquet`" in text
+    assert "**inconclusive** — promoted: hold-out false-positive rate" in text
+    assert "of 40 rows" in text and f"{gate.min_holdout} rows needed to tell" in text
+    assert "first version of test-detector" in text
+
+    changed, _, new_thr = change_threshold(
+        model.model_uri, tracking_config, "too many | pages", quantile=0.99, changed_by="rev"
+    )
+    text = client.get_model_version("test-detector", changed.version).description
+    assert f"| threshold | {new_thr:.6g} (quantile) |" in text and "| quantile | 0.99 |" in text
+    assert "by rev: too many \\| pages" in text and "| data | tabular" in text
+    assert "| promotion gate | not run (a threshold change" in text
+    assert f"runs/{changed.run_id})" in text
+
+
 def test_retried_registration_registers_once(
     fitted_detector, normal_table, tracking_config, client
 ):

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from anomaly import plots
 from anomaly.integrity import MANIFEST_TAG, manifest_digest
+from anomaly.tracking.descriptions import describe_version
 from anomaly.tracking.store import (
     CHAMPION,
     TRAIN_SETTINGS_ARTIFACT,
@@ -67,6 +68,7 @@ def promote(
     client.log_text(model.run_id, json.dumps(gate.as_dict(), indent=1), "review/gate.json")
     for key, value in gate_tags(gate).items():
         client.set_model_version_tag(model.name, model.version, key, value)
+    describe_version(client, model.name, model.version)
     if gate.promoted:
         client.set_registered_model_alias(model.name, alias, model.version)
         log = logger.warning if gate.verdict == "inconclusive" else logger.info
@@ -207,9 +209,11 @@ def register_threshold_change(
         "threshold_changed_from": f"{source.model_uri} ({old.threshold_:.6g}, q={old.q:g})",
         "threshold_changed_by": who,
         "threshold_change_reason": reason,
+        "threshold_kind": str(new.to_dict()["kind"]),
         MANIFEST_TAG: digest,
     }.items():
         client.set_model_version_tag(source.name, version, key, value)
+    describe_version(client, source.name, version)
     if alias:
         client.set_registered_model_alias(source.name, alias, version)
     model_uri = f"models:/{source.name}/{version}"
