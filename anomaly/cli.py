@@ -159,6 +159,14 @@ def train(
     image_column: Annotated[
         str | None, typer.Option(help="Images in Parquet: the column of encoded image bytes")
     ] = None,
+    allow_inconclusive: Annotated[
+        bool,
+        typer.Option(
+            "--allow-inconclusive",
+            help="Promote the version even when its hold-out is too small for the gate to tell "
+            "(gate.allow_inconclusive); the first version of a name is promoted anyway",
+        ),
+    ] = False,
     run_name: Annotated[str | None, typer.Option(help="MLflow run name")] = None,
     model_name: ModelNameOpt = None,
     tracking_config: TrackingOpt = None,
@@ -195,6 +203,11 @@ def train(
             update={
                 "detector": detector,
                 **({"quantile": quantile} if quantile is not None else {}),
+                **(
+                    {"gate": settings.gate.model_copy(update={"allow_inconclusive": True})}
+                    if allow_inconclusive
+                    else {}
+                ),
             }
         )
         settings = TrainSettings.model_validate(settings.model_dump())
@@ -373,14 +386,7 @@ def log_run(
 
 
 def _gate_line(gate: GateResult | None) -> str:
-    if gate is None:
-        return "not run"
-    verdict = "passed, now champion" if gate.passed else "FAILED, champion unchanged"
-    return (
-        f"{verdict}: hold-out false-positive rate {gate.false_positive_rate:.2%} of "
-        f"{gate.n_holdout} (interval [{gate.ci_low:.2%}, {gate.ci_high:.2%}], target "
-        f"{gate.target_rate:.2%})" + "".join(f"; {r}" for r in gate.reasons)
-    )
+    return "not run" if gate is None else gate.summary()
 
 
 threshold_app = typer.Typer(help="Review a registered model's threshold.", no_args_is_help=True)

@@ -7,7 +7,7 @@ Pure functions of score arrays; no files, no MLflow, no Prefect. The flows and
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -176,6 +176,26 @@ class GateSettings(BaseModel):
         lt=1,
         description="Confidence of the Clopper-Pearson interval of the hold-out false-positive rate",
     )
+    max_rate_factor: float = Field(
+        2.0,
+        gt=1,
+        description=(
+            "The hold-out must be large enough to refuse a model whose false-positive rate is this "
+            "many times the target 1 - quantile; a smaller one gives the verdict 'inconclusive'"
+        ),
+    )
+    min_holdout: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Hold-out rows needed for a conclusive verdict; None derives it from the quantile, "
+            "the confidence and max_rate_factor (see min_holdout_size)"
+        ),
+    )
+    allow_inconclusive: bool = Field(
+        False,
+        description="Promote a version whose hold-out was too small to tell (not advised)",
+    )
     auroc_floor: float | None = Field(
         None, ge=0, le=1, description="Minimum AUROC on labelled validation data, when given"
     )
@@ -184,11 +204,22 @@ class GateSettings(BaseModel):
     )
 
 
+Verdict = Literal["passed", "failed", "inconclusive"]
+
+
 @dataclass(frozen=True)
 class GateResult:
-    """Outcome of the promotion gate; ``reasons`` says why it failed (empty when it passed)."""
+    """Outcome of the promotion gate.
 
-    passed: bool
+    ``verdict``: ``passed``; ``failed`` (the figures speak against the version); or
+    ``inconclusive`` (nothing spoke against it, but the hold-out was smaller than
+    ``min_holdout``, too small to have refused a bad version). ``promoted``: whether the version
+    becomes the champion. ``reasons`` says in words what kept it from a plain pass, and why it
+    was promoted all the same where it was (empty when it passed).
+    """
+
+    verdict: Verdict
+    promoted: bool
     n_holdout: int
     false_positives: int
     false_positive_rate: float
@@ -196,12 +227,59 @@ class GateResult:
     ci_low: float
     ci_high: float
     confidence: float
+    min_holdout: int = 0
     auroc: float | None = None
     auroc_floor: float | None = None
     reasons: tuple[str, ...] = ()
 
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "passed"
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"passed": self.passed}
+
+    def summary(self) -> str:
+        """One line for a console or a log: the verdict, what it did, and the hold-out figures."""
+        done = "now champion" if self.promoted else "champion unchanged"
+        if self.verdict == "inconclusive":
+            done = "promoted" if self.promoted else "not promoted"
+        figures = (
+            f"hold-out false-positive rate {self.false_positive_rate:.2%} of {self.n_holdout} "
+            f"rows (interval [{self.ci_low:.2%}, {self.ci_high:.2%}], target "
+            f"{self.target_rate:.2%})"
+        )
+        auroc = "" if self.auroc is None else f", AUROC {self.auroc:.3f}"
+        return f"{self.verdict} — {done}: {figures}{auroc}" + "".join(
+            f"; {r}" for r in self.reasons
+        )
+
+
+def min_holdout_size(
+    quantile: float, confidence: float = 0.99, max_rate_factor: float = 2.0
+) -> int:
+    """The smallest hold-out on which the gate refuses a model at ``max_rate_factor`` times the target.
+
+    A hold-out of ``n`` normal rows that shows the false-positive rate
+    ``limit = max_rate_factor * (1 - quantile)`` (``floor(limit * n)`` rows over the threshold)
+    is refused when the lower end of its exact ``confidence`` interval lies above the target
+    ``1 - quantile``. Below this size even such a bad model would pass, so a pass means nothing:
+    e.g. 180 rows for ``quantile=0.95`` at 99% and a factor of 2, 950 for ``quantile=0.99``.
+    """
+    target = 1.0 - quantile
+    limit = min(max_rate_factor * target, 1.0)
+    alpha = (1.0 - confidence) / 2
+    # Scanned in doubling blocks, vectorised: the answer grows like 1/target, 10^3 to 10^5 rows.
+    start, size = 1, 256
+    while True:
+        n = np.arange(start, start + size)
+        k = np.floor(limit * n + 1e-9)
+        with np.errstate(invalid="ignore"):
+            # The Clopper-Pearson lower bound; zero when no row is over the threshold.
+            low = np.where(k > 0, stats.beta.ppf(alpha, np.maximum(k, 1), n - k + 1), 0.0)
+        if len(hits := np.flatnonzero(low > target)):
+            return int(n[hits[0]])
+        start, size = start + size, size * 2
 
 
 def promotion_gate(
@@ -214,53 +292,76 @@ def promotion_gate(
 ) -> GateResult:
     """Check a threshold on normal rows it has never seen, and optionally ranking on labelled rows.
 
-    Passes when the target false-positive rate ``1 - quantile`` lies inside the exact
+    Fails when the target false-positive rate ``1 - quantile`` lies outside the exact
     (Clopper-Pearson) confidence interval of the hold-out rate ``#(score > threshold) / n`` for
-    ``holdout_scores`` ``(n,)``, and, when ``settings.auroc_floor`` is set and labelled scores
-    ``(m,)`` with labels ``(m,)`` (True = anomaly) are given, their AUROC reaches the floor.
+    ``holdout_scores`` ``(n,)``, or, when ``settings.auroc_floor`` is set and labelled scores
+    ``(m,)`` with labels ``(m,)`` (True = anomaly) are given, their AUROC is below the floor.
+    Otherwise it passes when ``n`` reaches ``settings.min_holdout`` (by default
+    :func:`min_holdout_size`), and is inconclusive below that: the interval is then so wide that
+    a model flagging ``max_rate_factor`` times too many normal rows would have passed as well.
+    An inconclusive version is promoted only with ``settings.allow_inconclusive``.
     """
     settings = settings or GateSettings()
     values = np.asarray(holdout_scores, dtype=np.float64)
     n = len(values)
     target = 1.0 - quantile
-    reasons: list[str] = []
+    needed = (
+        settings.min_holdout
+        if settings.min_holdout is not None
+        else min_holdout_size(quantile, settings.confidence, settings.max_rate_factor)
+    )
+    failures: list[str] = []
     if n == 0:
-        return GateResult(
-            False, 0, 0, 0.0, target, 0.0, 1.0, settings.confidence,
-            reasons=("no hold-out rows to check the threshold on",),
-        )  # fmt: skip
-    k = int((values > threshold).sum())
-    ci = stats.binomtest(k, n, target).proportion_ci(settings.confidence, method="exact")
-    if not ci.low <= target <= ci.high:
-        reasons.append(
-            f"hold-out false-positive rate {k / n:.2%} ({k} of {n}); its {settings.confidence:.0%} "
-            f"interval [{ci.low:.2%}, {ci.high:.2%}] excludes the target {target:.2%}"
-        )
+        k, low, high = 0, 0.0, 1.0
+    else:
+        k = int((values > threshold).sum())
+        ci = stats.binomtest(k, n, target).proportion_ci(settings.confidence, method="exact")
+        low, high = float(ci.low), float(ci.high)
+        if not low <= target <= high:
+            failures.append(
+                f"hold-out false-positive rate {k / n:.2%} ({k} of {n}); its "
+                f"{settings.confidence:.0%} interval [{low:.2%}, {high:.2%}] excludes the target "
+                f"{target:.2%}"
+            )
     auroc = None
     if labelled_scores is not None and labels is not None:
         y = np.asarray(labels).astype(bool)
         if y.all() or not y.any():
-            reasons.append("labelled validation data needs both normal and anomalous rows")
+            failures.append("labelled validation data needs both normal and anomalous rows")
         else:
             # Imported here: sklearn.metrics is a few hundred ms that scoring never needs.
             from sklearn.metrics import roc_auc_score
 
             auroc = float(roc_auc_score(y, np.asarray(labelled_scores, dtype=np.float64)))
             if settings.auroc_floor is not None and auroc < settings.auroc_floor:
-                reasons.append(f"AUROC {auroc:.3f} below the floor {settings.auroc_floor:g}")
+                failures.append(f"AUROC {auroc:.3f} below the floor {settings.auroc_floor:g}")
     elif settings.auroc_floor is not None:
-        reasons.append(
+        failures.append(
             f"an AUROC floor of {settings.auroc_floor:g} is set but no labelled data given"
         )
+    verdict: Verdict = "failed" if failures else "passed"
+    reasons = failures
+    if not failures and n < needed:
+        verdict = "inconclusive"
+        limit = min(settings.max_rate_factor * target, 1.0)
+        reasons = [
+            f"{n} hold-out rows are too few to tell; at least {needed} are needed "
+            f"to refuse a false-positive rate of {limit:.2%} ({settings.max_rate_factor:g}x the "
+            f"target {target:.2%}) at {settings.confidence:.0%} confidence"
+        ]
+        if settings.allow_inconclusive:
+            reasons.append("promoted all the same: gate.allow_inconclusive is set")
     return GateResult(
-        passed=not reasons,
+        verdict=verdict,
+        promoted=verdict == "passed" or (verdict == "inconclusive" and settings.allow_inconclusive),
         n_holdout=n,
         false_positives=k,
-        false_positive_rate=k / n,
+        false_positive_rate=k / n if n else 0.0,
         target_rate=target,
-        ci_low=float(ci.low),
-        ci_high=float(ci.high),
+        ci_low=low,
+        ci_high=high,
         confidence=settings.confidence,
+        min_holdout=needed,
         auroc=auroc,
         auroc_floor=settings.auroc_floor,
         reasons=tuple(reasons),

@@ -150,7 +150,9 @@ def train(
     The gate checks the threshold on normal rows the model never saw: ``holdout`` (Parquet) when
     given, else ``settings.gate.holdout_fraction`` of ``data`` set aside before fitting; with
     ``labelled`` data (a label column, see :class:`GateSettings`) also an AUROC floor. Only a
-    version that passes becomes ``models:/NAME@champion``.
+    version that passes becomes ``models:/NAME@champion``; one whose hold-out is too small to
+    tell is "inconclusive" and promoted only as the name's first version or with
+    ``settings.gate.allow_inconclusive`` (:func:`anomaly.registry.gate_and_promote`).
     """
     # The gate (and its statistics) only when training: scoring does not pay for its imports.
     from anomaly.registry import gate_and_promote

@@ -111,12 +111,26 @@ def gate_and_promote(
 
     A version whose data kind or input schema differs from the current champion's never
     passes, whatever its figures: the gate refuses it with that reason.
+
+    An inconclusive verdict (a hold-out too small to tell, see :func:`promotion_gate`) keeps
+    the current champion, unless ``settings.allow_inconclusive``. The first version of a name is
+    promoted on an inconclusive verdict all the same, with a warning and the reason tagged: there
+    is no champion to keep, and without one nothing can score (``anomaly serve``, the landing
+    folder), so refusing it would only stop a new user with a small data set. A first version
+    that *failed* is not promoted.
     """
     # Asked first: a version for other input is refused whatever the hold-out shows.
     refusal = champion_refusal(model, detector, tracking)
     result = evaluate_gate(detector, holdout, settings, labelled)
     if refusal is not None:
-        result = replace(result, passed=False, reasons=(*result.reasons, refusal))
+        result = replace(
+            result, verdict="failed", promoted=False, reasons=(*result.reasons, refusal)
+        )
+    elif result.verdict == "inconclusive" and not result.promoted:
+        current = alias_version(model.name, CHAMPION, tracking)
+        if current is None or current == model.version:
+            first = f"promoted all the same: the first version of {model.name}, no champion to keep"
+            result = replace(result, promoted=True, reasons=(*result.reasons, first))
     promote(model, result, tracking)
     return result
 

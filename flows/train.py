@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -96,7 +96,9 @@ def train_flow(
 
     The version becomes ``models:/NAME@champion`` only if it passes the promotion gate on
     ``holdout`` (default: a share of ``data`` kept out of training) and, with ``labelled`` data,
-    the AUROC floor. ``model_name`` registers under that name instead of mlflow.yaml's. With
+    the AUROC floor. A hold-out too small to tell gives the verdict "inconclusive": not promoted
+    unless ``settings.gate.allow_inconclusive`` or this is the name's first version (see
+    :func:`anomaly.registry.gate_and_promote`). ``model_name`` registers under that name instead of mlflow.yaml's. With
     ``reuse_champion_settings`` and no ``settings`` (the nightly retrain), the champion's own
     training settings are used, so the retrain makes the same kind of model on the new data.
     """
@@ -109,7 +111,15 @@ def train_flow(
     model = log_and_register(detector, prepared.fit, data, tracking, run_name, settings)
     result = gate(model, detector, prepared, tracking, settings.gate)
     info = detector.fit_info_
-    verdict = "passed: now `champion`" if result.passed else "FAILED: `champion` unchanged"
+    # The verdict in the flow run's log too, where `anomaly serve` users look first.
+    log = get_run_logger()
+    (log.info if result.passed else log.warning)("%s gate %s", model.model_uri, result.summary())
+    verdict = {
+        ("passed", True): "passed: now `champion`",
+        ("failed", False): "FAILED: `champion` unchanged",
+        ("inconclusive", False): "inconclusive — not promoted: `champion` unchanged",
+        ("inconclusive", True): "inconclusive — promoted all the same: now `champion`",
+    }[(result.verdict, result.promoted)]
     auroc = f", AUROC {result.auroc:.3f}" if result.auroc is not None else ""
     create_markdown_artifact(
         key="anomaly-train-summary",
@@ -127,6 +137,7 @@ def train_flow(
                 f"| gate | {verdict} |",
                 f"| hold-out false-positive rate | {result.false_positive_rate:.2%} "
                 f"(interval [{result.ci_low:.2%}, {result.ci_high:.2%}], target {result.target_rate:.2%}){auroc} |",
+                f"| hold-out rows (needed to tell) | {result.n_holdout} ({result.min_holdout}) |",
                 f"| MLflow run | {model.run_id} |",
                 "",
                 *(f"- {reason}" for reason in result.reasons),

@@ -53,6 +53,23 @@ def test_train_and_score_commands(workdir, incoming_table):
     assert len(pd.read_parquet(workdir / "out" / "scores.parquet")) == len(incoming_table)
 
 
+def test_train_says_when_the_gate_is_inconclusive(workdir, normal_table):
+    """300 rows hold out 30: too few to tell, so only the first version or the flag promotes."""
+    write_parquet_atomic(normal_table.iloc[:300], workdir / "small.parquet")
+    args = ["train", "small.parquet", "--categorical", "machine_type", "--keys",
+            "reading_id,timestamp", "--epochs", "2"]  # fmt: skip
+
+    def gate_of(result):
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    assert "inconclusive — promoted" in gate_of(runner.invoke(app, args))
+    kept = gate_of(runner.invoke(app, args))
+    assert "inconclusive — not promoted" in kept and "too few to tell" in kept
+    allowed = gate_of(runner.invoke(app, [*args, "--allow-inconclusive"]))
+    assert "inconclusive — promoted" in allowed and "allow_inconclusive is set" in allowed
+
+
 def test_errors_are_one_clear_line_and_exit_code_2(workdir):
     bad_quantile = runner.invoke(app, ["train", "train.parquet", "--quantile", "0"])
     assert bad_quantile.exit_code == 2

@@ -7,6 +7,7 @@ from anomaly.data.synthetic import make_sensor_table
 from anomaly.monitoring import (
     AlertSettings,
     GateSettings,
+    min_holdout_size,
     monitor_batch,
     population_stability_index,
     promotion_gate,
@@ -67,12 +68,50 @@ def test_tiny_batch_never_alerts(rng, calibrated):
 def test_gate_passes_on_exchangeable_holdout_and_fails_on_a_shifted_one(rng, calibrated):
     _, thr = calibrated
     ok = promotion_gate(rng.lognormal(0.0, 0.5, 400), thr.threshold_, thr.q)
-    assert ok.passed and ok.reasons == ()
+    assert ok.passed and ok.promoted and ok.reasons == () and ok.min_holdout < 400
     assert ok.ci_low <= 0.05 <= ok.ci_high
     bad = promotion_gate(rng.lognormal(0.5, 0.5, 400), thr.threshold_, thr.q)
     assert not bad.passed
     assert "excludes the target 5.00%" in bad.reasons[0]
     assert bad.false_positive_rate > bad.ci_low > 0.05
+
+
+@pytest.mark.parametrize("quantile", [0.9, 0.95, 0.99])
+def test_min_holdout_is_the_size_from_which_a_twice_too_loose_model_is_refused(quantile):
+    """Derived, not a constant: at the size a hold-out at 2x the target rate fails; one row less passes."""
+    target = 1 - quantile
+    n = min_holdout_size(quantile, 0.99, 2.0)
+    settings = GateSettings(min_holdout=0)  # the plain interval check, whatever the size
+
+    def at_twice_the_target(rows):
+        # floor(2 * target * rows) rows over a threshold of 1.0, the rest below it.
+        k = int(np.floor(2 * target * rows + 1e-9))
+        return promotion_gate(np.r_[np.full(k, 2.0), np.zeros(rows - k)], 1.0, quantile, settings)
+
+    assert at_twice_the_target(n).verdict == "failed"
+    assert at_twice_the_target(n - 1).verdict == "passed"
+    # Fewer rows are needed to refuse a model further off, more for a tighter tolerance.
+    assert min_holdout_size(quantile, 0.99, 3.0) < n < min_holdout_size(quantile, 0.99, 1.5)
+    assert min_holdout_size(quantile, 0.95, 2.0) < n
+
+
+def test_a_holdout_too_small_to_tell_is_inconclusive_and_not_promoted(calibrated):
+    """40 clean rows: the 99% interval [0%, 12.4%] holds the 5% target and a 10% model alike."""
+    _, thr = calibrated
+    small = promotion_gate(np.zeros(40), thr.threshold_, thr.q)
+    assert small.verdict == "inconclusive" and not small.promoted and not small.passed
+    assert small.ci_high > 0.10 and small.min_holdout == min_holdout_size(0.95)
+    assert f"at least {small.min_holdout} are needed" in small.reasons[0]
+    assert small.summary().startswith("inconclusive — not promoted")
+    allowed = promotion_gate(
+        np.zeros(40), thr.threshold_, thr.q, GateSettings(allow_inconclusive=True)
+    )
+    assert allowed.verdict == "inconclusive" and allowed.promoted
+    # A small hold-out can still prove a version bad: 20 of 40 over the threshold fails outright.
+    bad = promotion_gate(np.r_[np.full(20, np.inf), np.zeros(20)], thr.threshold_, thr.q)
+    assert bad.verdict == "failed" and not bad.promoted
+    # An explicit minimum overrides the derived one.
+    assert promotion_gate(np.zeros(40), thr.threshold_, thr.q, GateSettings(min_holdout=40)).passed
 
 
 def test_gate_auroc_floor(rng, calibrated):

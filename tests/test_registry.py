@@ -66,11 +66,77 @@ def test_gate_moves_champion_only_when_it_passes(
     assert alias_version("test-detector", "champion", tracking_config) == first.version
     tags = client.get_model_version("test-detector", second.version).tags
     assert tags["gate.passed"] == "false" and "excludes the target" in tags["gate.reasons"]
+    assert tags["gate.verdict"] == "failed" and tags["gate.promoted"] == "false"
     assert client.get_model_version("test-detector", first.version).tags["gate.passed"] == "true"
     run = client.get_run(second.run_id)
     assert run.data.metrics["gate_passed"] == 0.0
     gate_file = client.download_artifacts(second.run_id, "review/gate.json")
     assert json.load(open(gate_file))["passed"] is False
+
+
+def test_an_inconclusive_gate_promotes_only_the_first_version_or_when_allowed(
+    fitted_detector, normal_table, tracking_config, client
+):
+    """40 hold-out rows cannot tell a good threshold from a bad one: the champion stays put."""
+    from anomaly.monitoring import GateSettings
+
+    small = make_sensor_table(40, seed=103)
+    first = log_training_run(fitted_detector, normal_table, "train.parquet", tracking_config)
+    # No champion yet: the first version serves all the same, saying why.
+    opened = gate_and_promote(first, fitted_detector, small, tracking_config)
+    assert opened.verdict == "inconclusive" and opened.promoted
+    assert any("first version of test-detector" in r for r in opened.reasons)
+    assert alias_version("test-detector", "champion", tracking_config) == first.version
+
+    second = log_training_run(fitted_detector, normal_table, "train.parquet", tracking_config)
+    kept = gate_and_promote(second, fitted_detector, small, tracking_config)
+    assert kept.verdict == "inconclusive" and not kept.promoted
+    assert kept.summary().startswith("inconclusive — not promoted")
+    assert alias_version("test-detector", "champion", tracking_config) == first.version
+    tags = client.get_model_version("test-detector", second.version).tags
+    assert tags["gate.verdict"] == "inconclusive" and tags["gate.promoted"] == "false"
+    assert tags["gate.n_holdout"] == "40" and int(tags["gate.min_holdout"]) > 40
+    assert "too few to tell" in tags["gate.reasons"]
+    assert client.get_run(second.run_id).data.metrics["gate_promoted"] == 0.0
+
+    allowed = gate_and_promote(
+        second, fitted_detector, small, tracking_config, GateSettings(allow_inconclusive=True)
+    )
+    assert allowed.verdict == "inconclusive" and allowed.promoted
+    assert alias_version("test-detector", "champion", tracking_config) == second.version
+    assert client.get_model_version("test-detector", second.version).tags["gate.promoted"] == "true"
+
+
+def test_each_version_describes_itself_on_its_mlflow_page(
+    fitted_detector, normal_table, tracking_config, client
+):
+    """Run link, threshold, kind, quantile, calibration size, data kind and the gate's verdict."""
+    model = log_training_run(fitted_detector, normal_table, "train.parquet", tracking_config)
+    before = client.get_model_version("test-detector", model.version).description
+    assert "| promotion gate | not run yet |" in before
+    gate = gate_and_promote(
+        model, fitted_detector, make_sensor_table(40, seed=104), tracking_config
+    )
+    text = client.get_model_version("test-detector", model.version).description
+    experiment = client.get_run(model.run_id).info.experiment_id
+    thr = fitted_detector.thresholder_
+    assert f"[{model.run_id}](#/experiments/{experiment}/runs/{model.run_id})" in text
+    assert f"| threshold | {fitted_detector.threshold_:.6g} (quantile) |" in text
+    assert f"| quantile | {thr.q} |" in text
+    assert f"| calibration rows | {len(thr.calibration_scores_)} |" in text
+    assert "| data | tabular, from `train.parquet`" in text
+    assert "**inconclusive** — promoted: hold-out false-positive rate" in text
+    assert "of 40 rows" in text and f"{gate.min_holdout} rows needed to tell" in text
+    assert "first version of test-detector" in text
+
+    changed, _, new_thr = change_threshold(
+        model.model_uri, tracking_config, "too many | pages", quantile=0.99, changed_by="rev"
+    )
+    text = client.get_model_version("test-detector", changed.version).description
+    assert f"| threshold | {new_thr:.6g} (quantile) |" in text and "| quantile | 0.99 |" in text
+    assert "by rev: too many \\| pages" in text and "| data | tabular" in text
+    assert "| promotion gate | not run (a threshold change" in text
+    assert f"runs/{changed.run_id})" in text
 
 
 def test_retried_registration_registers_once(

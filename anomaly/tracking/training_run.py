@@ -19,6 +19,7 @@ from anomaly import plots
 from anomaly.data.schema import invalid_row_reasons
 from anomaly.integrity import MANIFEST_TAG, manifest_digest
 from anomaly.models import data_kind
+from anomaly.tracking.descriptions import describe_version
 from anomaly.tracking.store import (
     CALIBRATION_LEVELS,
     KEY_TAG,
@@ -67,7 +68,8 @@ def log_training_run(
     error quantiles, the training data as a dataset input, review plots, a threshold review
     (quantile table, latent view, summary), and the model as a pyfunc (preprocessor + network +
     threshold) with signature and input example. The version is tagged with the data source and
-    digest, threshold, quantile, calibration size and validation loss.
+    digest, threshold (value, kind, quantile), calibration size, data kind and validation loss, and
+    described in Markdown from those tags (:mod:`~anomaly.tracking.descriptions`).
 
     With ``idempotency_key``, a repeated call (a retried task) whose first attempt finished
     returns the version that attempt registered instead of registering another.
@@ -207,9 +209,12 @@ def log_training_run(
             "data_digest": frame_digest(training_frame),
             "validation_loss": f"{min(history.val_loss):.6g}" if history.val_loss else "",
             "run_id": run.info.run_id,
+            "threshold_kind": str(thr.to_dict()["kind"]),
+            "data_kind": data_kind(detector.model, detector.window),
             MANIFEST_TAG: digest,
         }.items():
             client.set_model_version_tag(config.registered_model_name, version, key, value)
+        describe_version(client, config.registered_model_name, version)
         if run_name is None:  # MLflow's generated names say nothing and repeat across runs
             kind = data_kind(detector.model, detector.window)
             client.set_tag(

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from anomaly import plots
 from anomaly.integrity import MANIFEST_TAG, manifest_digest
+from anomaly.tracking.descriptions import describe_version
 from anomaly.tracking.store import (
     CHAMPION,
     TRAIN_SETTINGS_ARTIFACT,
@@ -40,20 +41,24 @@ def promote(
     config: TrackingConfig,
     alias: str = CHAMPION,
 ) -> bool:
-    """Record the promotion gate on the training run and the version; move ``alias`` if it passed.
+    """Record the promotion gate on the training run and the version; move ``alias`` if promoted.
 
     The gate's figures go to the run as ``gate_*`` metrics and ``review/gate.json``, and to the
-    model version as ``gate.*`` tags. A failed gate leaves the alias where it was, so the serving
-    model (``models:/NAME@champion``) is never replaced by a version that failed.
+    model version as ``gate.*`` tags (``gate.verdict``: passed, failed or inconclusive;
+    ``gate.promoted``). A version not promoted leaves the alias where it was, so the serving
+    model (``models:/NAME@champion``) is never replaced by a version that failed or could not
+    be told apart from a bad one.
     """
     configure(config)
     client = MlflowClient()
     figures = {
         "gate_passed": float(gate.passed),
+        "gate_promoted": float(gate.promoted),
         "gate_false_positive_rate": gate.false_positive_rate,
         "gate_ci_low": gate.ci_low,
         "gate_ci_high": gate.ci_high,
         "gate_n_holdout": gate.n_holdout,
+        "gate_min_holdout": gate.min_holdout,
         **({"gate_auroc": gate.auroc} if gate.auroc is not None else {}),
     }
     stamp = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
@@ -61,29 +66,37 @@ def promote(
         model.run_id, metrics=[mlflow.entities.Metric(k, v, stamp, 0) for k, v in figures.items()]
     )
     client.log_text(model.run_id, json.dumps(gate.as_dict(), indent=1), "review/gate.json")
-    tags = {
+    for key, value in gate_tags(gate).items():
+        client.set_model_version_tag(model.name, model.version, key, value)
+    describe_version(client, model.name, model.version)
+    if gate.promoted:
+        client.set_registered_model_alias(model.name, alias, model.version)
+        log = logger.warning if gate.verdict == "inconclusive" else logger.info
+        log(
+            "%s gate %s: alias %s -> version %s",
+            model.model_uri,
+            gate.summary(),
+            alias,
+            model.version,
+        )
+    else:
+        logger.warning("%s gate %s; alias %s unchanged", model.model_uri, gate.summary(), alias)
+    return gate.promoted
+
+
+def gate_tags(gate: GateResult) -> dict[str, str]:
+    """The ``gate.*`` tags of a model version: the verdict and its figures, as text."""
+    return {
+        "gate.verdict": gate.verdict,
+        "gate.promoted": str(gate.promoted).lower(),
         "gate.passed": str(gate.passed).lower(),
         "gate.false_positive_rate": f"{gate.false_positive_rate:.4g}",
         "gate.interval": f"[{gate.ci_low:.4g}, {gate.ci_high:.4g}] at {gate.confidence:g}",
         "gate.n_holdout": str(gate.n_holdout),
+        "gate.min_holdout": str(gate.min_holdout),
         "gate.auroc": "" if gate.auroc is None else f"{gate.auroc:.4f}",
         "gate.reasons": "; ".join(gate.reasons) or "none",
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(model.name, model.version, key, value)
-    if gate.passed:
-        client.set_registered_model_alias(model.name, alias, model.version)
-        logger.info(
-            "%s passed the gate: alias %s -> version %s", model.model_uri, alias, model.version
-        )
-    else:
-        logger.warning(
-            "%s failed the gate (%s); alias %s unchanged",
-            model.model_uri,
-            "; ".join(gate.reasons),
-            alias,
-        )
-    return gate.passed
 
 
 def recorded_train_settings(
@@ -196,9 +209,11 @@ def register_threshold_change(
         "threshold_changed_from": f"{source.model_uri} ({old.threshold_:.6g}, q={old.q:g})",
         "threshold_changed_by": who,
         "threshold_change_reason": reason,
+        "threshold_kind": str(new.to_dict()["kind"]),
         MANIFEST_TAG: digest,
     }.items():
         client.set_model_version_tag(source.name, version, key, value)
+    describe_version(client, source.name, version)
     if alias:
         client.set_registered_model_alias(source.name, alias, version)
     model_uri = f"models:/{source.name}/{version}"

@@ -133,6 +133,8 @@ def test_image_cli_on_parquet_with_keys(tmp_path, monkeypatch):
         ],
     )
     assert trained.exit_code == 0, trained.output
+    # 15 images held out are too few to tell; the first version of a name serves all the same.
+    assert "inconclusive — promoted" in " ".join(trained.output.split())
     scored = runner.invoke(app, ["score", "new", "--output", "out/s.parquet", "--heatmaps"])
     assert scored.exit_code == 0, scored.output
     out = pd.read_parquet(tmp_path / "out" / "s.parquet")

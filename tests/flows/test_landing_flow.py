@@ -47,7 +47,7 @@ def test_landing_files_scored_exactly_once_across_runs_with_alerts(
     from flows.landing import landing_flow
 
     model = log_training_run(fitted_detector, normal_table, "train.parquet", tracking_config)
-    promote(model, GateResult(True, 100, 5, 0.05, 0.05, 0.01, 0.1, 0.99), tracking_config)
+    promote(model, GateResult("passed", True, 100, 5, 0.05, 0.05, 0.01, 0.1, 0.99), tracking_config)
     url, received = webhook
     CustomWebhookNotificationBlock(
         name="alerts", url=url, json_data={"text": "{{subject}}: {{body}}"}
@@ -123,7 +123,7 @@ def test_alert_state_name_when_a_batch_is_anomalous(
     from flows.landing import ALERT_STATE, landing_flow
 
     model = log_training_run(fitted_detector, normal_table, "train.parquet", tracking_config)
-    promote(model, GateResult(True, 100, 5, 0.05, 0.05, 0.01, 0.1, 0.99), tracking_config)
+    promote(model, GateResult("passed", True, 100, 5, 0.05, 0.05, 0.01, 0.1, 0.99), tracking_config)
     landing = tmp_path / "landing"
     write_parquet_atomic(
         make_sensor_table(500, anomaly_fraction=0.3, seed=301), landing / "x.parquet"
