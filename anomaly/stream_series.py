@@ -562,10 +562,11 @@ def _score_chunks(
     source = str(plan.path)
     chunks = _chunks(detector, plan, chunk_rows)
     ahead: deque[_Chunk] = deque()
-    seen_series: set[Any] = set()
+    seen_series: dict[Any, None] = {}  # series of the file in order of appearance
     n_scored = n_rejected = n_flagged = 0
     first = True
     start_context = context
+    first_time: dict[str, float] = {}  # each series' first point in this file
     while True:
         try:
             core = ahead.popleft() if ahead else next(chunks, None)
@@ -594,6 +595,10 @@ def _score_chunks(
             if first:
                 raise
             raise _MidFileError(plan, exc) from exc
+        if policy.time_column is not None:
+            t = time_values(core.frame, policy.time_column, source)[0]
+            for sid, when in zip(core.ids[core.valid].astype(str), t[core.valid], strict=True):
+                first_time.setdefault(sid, float(when))
         start = int(core.frame.index[0])
         batch = _core_part(batch, start, len(core.frame))
         counts = _core_counts(layout, batch, seen_series, core)
@@ -605,13 +610,14 @@ def _score_chunks(
         n_flagged += batch.n_flagged
         first = False
     _log_file(plan.path, n_scored, n_rejected, n_flagged)
-    return _file_context(start_context, context, seen_series, policy, need)
+    return _file_context(start_context, context, seen_series, first_time, policy, need)
 
 
 def _file_context(
     before: pd.DataFrame | None,
     after: pd.DataFrame | None,
-    series: set[Any],
+    series: dict[Any, None],
+    firsts: dict[str, float],
     policy: Any,
     n: int,
 ) -> pd.DataFrame | None:
@@ -627,12 +633,7 @@ def _file_context(
     parts = []
     if before is not None and len(before):
         b_ids = series_ids(before, policy).astype(str)
-        firsts: dict[str, float] = {}
-        if policy.time_column is not None:
-            t_new = time_values(after.loc[mine], policy.time_column, "context")[0]
-            for sid, t in zip(ids[mine].astype(str), t_new, strict=True):
-                firsts[sid] = min(firsts.get(sid, np.inf), t)
-        for sid in dict.fromkeys(ids[mine].astype(str)):
+        for sid in (str(s) for s in series):
             old = before.loc[b_ids == sid]
             if policy.time_column is not None and len(old):
                 t_old = time_values(old, policy.time_column, "context")[0]
@@ -672,7 +673,7 @@ def _core_part(batch: ScoredBatch, start: int, n_core: int) -> ScoredBatch:
 
 
 def _core_counts(
-    layout: SeriesLayout, batch: ScoredBatch, seen_series: set[Any], core: _Chunk
+    layout: SeriesLayout, batch: ScoredBatch, seen_series: dict[Any, None], core: _Chunk
 ) -> dict[str, int]:
     """What the series policies did to the chunk's own rows, counted once over the file.
 
@@ -690,7 +691,7 @@ def _core_counts(
     counts["context_points"] = int(
         (layout.is_context & np.isin(layout.series, np.asarray(new, dtype=object))).sum()
     )
-    seen_series.update(new)
+    seen_series.update(dict.fromkeys(new))
     return counts
 
 

@@ -187,6 +187,7 @@ _LAYERS = [
         "anomaly.stream_sinks",
         "anomaly.streaming",
         "anomaly.stream_images",
+        "anomaly.stream_series",
         "anomaly.heatmaps",
         "anomaly.distributed",
         "anomaly.mlflow_model",
