@@ -188,6 +188,7 @@ _LAYERS = [
         "anomaly.streaming",
         "anomaly.stream_images",
         "anomaly.stream_series",
+        "anomaly.series_chunks",
         "anomaly.heatmaps",
         "anomaly.distributed",
         "anomaly.mlflow_model",
