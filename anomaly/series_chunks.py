@@ -112,6 +112,7 @@ class SeriesChunk:
     frame: pd.DataFrame  # index: row positions in the file
     ids: np.ndarray
     valid: np.ndarray  # the row becomes a point (usable time, series id and features)
+    times: np.ndarray  # seconds (NaN where unusable); positions without a time column
 
 
 def iter_chunks(
@@ -138,13 +139,14 @@ def iter_chunks(
         # Checked here, before the validity below reads the features.
         detector.schema_.validate(frame, source=str(plan.path), require_keys=True)
         ids = series_ids(frame, policy)
-        valid = pd.notna(ids)
-        if policy.time_column is not None and policy.time_column in frame.columns:
-            valid &= np.isfinite(time_values(frame, policy.time_column, str(plan.path))[0])
-        features = [c for c in policy.features if c in frame.columns]
-        if detector.nan_policy == "reject" and len(features) == len(policy.features):
+        if policy.time_column is not None:
+            times = time_values(frame, policy.time_column, str(plan.path))[0]
+        else:
+            times = np.arange(first, first + len(frame), dtype=np.float64)
+        valid = pd.notna(ids) & np.isfinite(times)
+        if detector.nan_policy == "reject":
             valid &= (invalid_row_reasons(frame, detector.schema_) == "").to_numpy()
-        yield SeriesChunk(frame, ids, np.asarray(valid, dtype=bool))
+        yield SeriesChunk(frame, ids, np.asarray(valid, dtype=bool), times)
         first += len(frame)
 
 

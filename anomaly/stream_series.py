@@ -27,8 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anomaly.data.parquet import output_write_error, write_parquet_atomic
-from anomaly.data.paths import mark_output_schema
+from anomaly.data.parquet import write_parquet_atomic
 from anomaly.data.series import (
     SeriesLayout,
     list_series_files,
@@ -48,7 +47,7 @@ from anomaly.series_chunks import (
     look_ahead_rows,
     plan_series_file,
 )
-from anomaly.stream_sinks import SCORE_SAMPLE_SIZE, StreamResult, _ScoreSample
+from anomaly.stream_sinks import SCORE_SAMPLE_SIZE, ParquetSink, StreamResult, _ScoreSample
 
 if TYPE_CHECKING:
     from anomaly.detectors import AutoencoderDetector
@@ -105,13 +104,11 @@ class _FrameSink:
     def __init__(self, path: Path, role: str):
         self.path, self.role = path, role
         self._waiting: list[pa.Table] = []
-        self._writer: pq.ParquetWriter | None = None
-        self._schema: pa.Schema | None = None
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(self):x}.tmp")
+        self._sink: ParquetSink | None = None
 
     def write(self, frame: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        if self._writer is None:
+        if self._sink is None:
             self._waiting.append(table)
             if all(not pa.types.is_null(f.type) for f in table.schema):
                 self._open()
@@ -120,50 +117,35 @@ class _FrameSink:
 
     def _open(self) -> None:
         schema = pa.unify_schemas([t.schema for t in self._waiting], promote_options="permissive")
-        self._schema = schema.with_metadata(self._waiting[-1].schema.metadata)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.tmp, mark_output_schema(self._schema, self.role))
-        except OSError as exc:
-            raise output_write_error(self.path, exc) from exc
+        self._sink = ParquetSink(
+            self.path, schema.with_metadata(self._waiting[-1].schema.metadata), self.role
+        )
         waiting, self._waiting = self._waiting, []
         for table in waiting:
             self._write(table)
 
     def _write(self, table: pa.Table) -> None:
-        assert self._writer is not None and self._schema is not None
+        assert self._sink is not None
         if not table.num_rows:
             return
+        schema = self._sink.schema
         try:
-            table = table.select(self._schema.names).cast(self._schema)
+            table = table.select(schema.names).cast(schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, KeyError) as exc:
             raise DataFileError(
                 f"{self.path}: a chunk's types differ from the first's ({exc})"
             ) from exc
-        try:
-            self._writer.write_table(table)
-        except OSError as exc:
-            raise output_write_error(self.path, exc) from exc
+        self._sink.write(table)
 
     def commit(self) -> Path:
-        if self._writer is None:
+        if self._sink is None:
             self._open()
-        assert self._writer is not None
-        try:
-            self._writer.close()
-            with open(self.tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(self.tmp, self.path)
-        except OSError as exc:
-            raise output_write_error(self.path, exc) from exc
-        return self.path
+        assert self._sink is not None
+        return self._sink.commit()
 
     def abort(self) -> None:
-        try:
-            if self._writer is not None:
-                self._writer.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+        if self._sink is not None:
+            self._sink.abort()
 
 
 @dataclass
@@ -447,8 +429,8 @@ def _score_chunks(
                 raise
             raise _MidFileError(plan, exc) from exc
         if policy.time_column is not None:
-            t = time_values(core.frame, policy.time_column, source)[0]
-            for sid, when in zip(core.ids[core.valid].astype(str), t[core.valid], strict=True):
+            valid_times = core.times[core.valid]
+            for sid, when in zip(core.ids[core.valid].astype(str), valid_times, strict=True):
                 first_time.setdefault(sid, float(when))
         start = int(core.frame.index[0])
         batch = _core_part(batch, start, len(core.frame))
