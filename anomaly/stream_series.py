@@ -150,6 +150,13 @@ class _FrameSink:
 
 @dataclass
 class _Totals:
+    """Where a run's pieces go (sinks, event tracker) and what they add up to."""
+
+    tracker: EventTracker
+    scored_sink: _FrameSink
+    rejects_sink: _FrameSink
+    model_name: str
+    model_version: str
     n_scored: int = 0
     n_rejected: int = 0
     n_flagged: int = 0
@@ -242,38 +249,17 @@ def _run(
     quarantined = list(quarantined_before)
     names = tuple(detector.schema_.feature_names)
     tracker = EventTracker(names, event_settings, state)
-    totals = _Totals()
     scored_sink, rejects_sink = _FrameSink(output, "scored"), _FrameSink(rejects, "rejects")
+    totals = _Totals(tracker, scored_sink, rejects_sink, model_name, model_version)
     streamed = whole = 0
     try:
         for plan in plans:
             try:
                 if plan.whole:
-                    context = _score_whole(
-                        detector,
-                        plan,
-                        context,
-                        tracker,
-                        totals,
-                        model_name,
-                        model_version,
-                        scored_sink,
-                        rejects_sink,
-                    )
+                    context = _score_whole(detector, plan, context, totals)
                     whole += 1
                 else:
-                    context = _score_chunks(
-                        detector,
-                        plan,
-                        context,
-                        tracker,
-                        totals,
-                        model_name,
-                        model_version,
-                        scored_sink,
-                        rejects_sink,
-                        chunk_rows,
-                    )
+                    context = _score_chunks(detector, plan, context, totals, chunk_rows)
                     streamed += 1
             except (DataFileError, SchemaError) as exc:
                 # Nothing of this file was written (it failed in its first chunk): set it aside
@@ -315,10 +301,7 @@ def _run(
 def _write_batch(
     detector: AutoencoderDetector,
     batch: ScoredBatch,
-    tracker: EventTracker,
     totals: _Totals,
-    scored_sink: _FrameSink,
-    rejects_sink: _FrameSink,
 ) -> None:
     """Write a scored piece, feed its points to the event tracker and count it."""
     policy = detector.series_policy_
@@ -330,7 +313,7 @@ def _write_batch(
     rows = scored.loc[keep]
     ids = None if policy.series_column is None else rows[policy.series_column].to_numpy()
     times = None if policy.time_column is None else rows[policy.time_column].to_numpy()
-    events = tracker.update(
+    events = totals.tracker.update(
         ids,
         times,
         rows["anomaly_score"].to_numpy(dtype=np.float64),
@@ -345,8 +328,8 @@ def _write_batch(
     totals.seen.update(dict.fromkeys(np.asarray(ids).astype(str) if ids is not None else [""]))
     if times is not None:
         totals.times = np.asarray(times)[:0]
-    scored_sink.write(scored)
-    rejects_sink.write(batch.rejected)
+    totals.scored_sink.write(scored)
+    totals.rejects_sink.write(batch.rejected)
     totals.n_scored += len(scored)
     totals.n_rejected += len(batch.rejected)
     totals.n_flagged += int(scored["is_anomaly"].sum())
@@ -357,21 +340,21 @@ def _score_whole(
     detector: AutoencoderDetector,
     plan: SeriesFilePlan,
     context: pd.DataFrame | None,
-    tracker: EventTracker,
     totals: _Totals,
-    model_name: str,
-    model_version: str,
-    scored_sink: _FrameSink,
-    rejects_sink: _FrameSink,
 ) -> pd.DataFrame | None:
     frame = read_series_file(plan.path, detector.time_column)
     plan.num_rows = len(frame)
     logger.info("%s: scored whole (%s)", plan.path, plan.whole)
     batch = score_frame(
-        detector, frame, model_name, model_version, source=str(plan.path), context=context
+        detector,
+        frame,
+        totals.model_name,
+        totals.model_version,
+        source=str(plan.path),
+        context=context,
     )
     step, _ = detector.context_after(frame, context, str(plan.path))
-    _write_batch(detector, batch, tracker, totals, scored_sink, rejects_sink)
+    _write_batch(detector, batch, totals)
     totals.add_counts(batch.series_counts)
     _log_file(plan.path, batch.n_scored, batch.n_rejected, batch.n_flagged)
     return update_context(context, step, detector.series_policy_)
@@ -381,12 +364,7 @@ def _score_chunks(
     detector: AutoencoderDetector,
     plan: SeriesFilePlan,
     context: pd.DataFrame | None,
-    tracker: EventTracker,
     totals: _Totals,
-    model_name: str,
-    model_version: str,
-    scored_sink: _FrameSink,
-    rejects_sink: _FrameSink,
     chunk_rows: int,
 ) -> pd.DataFrame | None:
     """Score one file chunk by chunk, each with its context and look-ahead (see the module)."""
@@ -421,7 +399,12 @@ def _score_chunks(
                 left -= len(chunk.frame)
             frame = pd.concat(pieces) if len(pieces) > 1 else core.frame
             batch = score_frame(
-                detector, frame, model_name, model_version, source=source, context=context
+                detector,
+                frame,
+                totals.model_name,
+                totals.model_version,
+                source=source,
+                context=context,
             )
             step, layout = detector.context_after(core.frame, context, source)
         except AnomalyError as exc:
@@ -435,7 +418,7 @@ def _score_chunks(
         start = int(core.frame.index[0])
         batch = _core_part(batch, start, len(core.frame))
         counts = _core_counts(layout, batch, seen_series, core)
-        _write_batch(detector, batch, tracker, totals, scored_sink, rejects_sink)
+        _write_batch(detector, batch, totals)
         totals.add_counts(counts)
         context = update_context(context, step, policy)
         n_scored += batch.n_scored
