@@ -6,7 +6,8 @@ batch to MLflow with its monitoring figures, and only then records the file in t
 (``scored-files.json``, rewritten atomically). A run that fails part way leaves the ledger listing
 exactly the files whose outputs are complete, so the next run picks up the rest; a file scored
 again after a crash between writing and recording gets the same output names, so nothing is
-duplicated.
+duplicated. Each file streams through the same path as ``anomaly score``
+(:func:`anomaly.file_scoring.score_files_to`), so its size is bounded by disk, not memory.
 
 A file is identified by its path inside the landing folder and the SHA-256 of its content: the same
 name arriving again with new content is a new batch. Files still being copied in are skipped until
@@ -30,10 +31,11 @@ from typing import Any
 from anomaly.data.parquet import file_sha256, list_parquet_files, output_lock
 from anomaly.data.paths import check_output_paths
 from anomaly.errors import DataFileError
-from anomaly.file_scoring import score_files, write_outputs
+from anomaly.file_scoring import score_files_to
 from anomaly.monitoring import AlertSettings, BatchReport, monitor_batch
-from anomaly.quarantine import QuarantinedFile
+from anomaly.quarantine import QuarantinedFile, quarantine_path_for
 from anomaly.run_logging import log_with_retry
+from anomaly.stream_series import events_path_for
 from anomaly.tracking import LoadedModel, TrackingConfig, log_scoring_run
 
 logger = logging.getLogger(__name__)
@@ -200,19 +202,25 @@ def score_landing_file(
     ledger = Ledger(output_dir)
     out, rej = output_paths(output_dir, file)
     check_output_paths(file.path, {"output": out, "rejects": rej})
-    with output_lock(out, rej):
-        batch = score_files(model, str(file.path))
-        if batch.quarantined:
-            return _quarantine(ledger, model, file, batch.quarantined[0])
-        write_outputs(batch, out, rej)
+    # Streamed like `anomaly score`: tables by record batch, series in chunks, images a decoded
+    # chunk at a time, so a landing file larger than memory is scored in bounded memory.
+    batch = score_files_to(model, str(file.path), out, rej)
+    # The ledger is this folder's record of set-aside files; the run's own list would only
+    # repeat it beside every output.
+    quarantine_path_for(out).unlink(missing_ok=True)
+    if batch.quarantined:
+        for path in (out, rej, events_path_for(out)):
+            path.unlink(missing_ok=True)
+        return _quarantine(ledger, model, file, batch.quarantined[0])
     thr = model.detector.thresholder_
     report = monitor_batch(
-        batch.scored["anomaly_score"].to_numpy(),
+        batch.scores,
         thr.calibration_scores_,
         thr.threshold_,
         thr.q,
         rows_rejected=batch.n_rejected,
         settings=alerts,
+        counts=(batch.n_scored, batch.n_flagged),
     )
     # A store busy past the retries fails this file's run before the ledger records it, so the
     # next run scores it again (same outputs) and logs it under the same key.

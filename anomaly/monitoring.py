@@ -111,6 +111,7 @@ def monitor_batch(
     quantile: float,
     rows_rejected: int = 0,
     settings: AlertSettings | None = None,
+    counts: tuple[int, int] | None = None,
 ) -> BatchReport:
     """Compare a batch's scores ``(n,)`` with the calibration scores ``(n_cal,)`` it was thresholded on.
 
@@ -119,19 +120,25 @@ def monitor_batch(
     normal data, so a small p-value means more anomalies than chance explains. Drift alert: the
     PSI of the batch's scores against the calibration scores exceeds ``settings.psi_limit``. The
     two-sample KS statistic is reported beside it.
+
+    ``counts``: ``(rows scored, rows flagged)`` of the whole batch when ``scores`` is a sample of
+    it (a streamed batch keeps a bounded uniform sample); the rate test then uses the exact
+    counts, and the drift figures the sample.
     """
     settings = settings or AlertSettings()
     values = np.asarray(scores, dtype=np.float64)
     cal = np.asarray(calibration_scores, dtype=np.float64)
     n = len(values)
     flagged = int((values > threshold).sum())
+    if counts is not None:
+        n, flagged = counts
     expected = 1.0 - quantile
+    rate_p, ks_stat, ks_p = 1.0, 0.0, 1.0
     if n:
         rate_p = float(stats.binomtest(flagged, n, expected, alternative="greater").pvalue)
+    if len(values):
         ks = stats.ks_2samp(values, cal)
         ks_stat, ks_p = float(ks.statistic), float(ks.pvalue)
-    else:
-        rate_p, ks_stat, ks_p = 1.0, 0.0, 1.0
     psi = population_stability_index(cal, values)
     alerts: list[str] = []
     if n >= settings.min_rows:

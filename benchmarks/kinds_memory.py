@@ -4,10 +4,13 @@ Writes (in a temp dir) one time-series Parquet file of ``--points`` points (4 se
 1 s apart), a folder of ``--images`` PNG images (28x28 grey), and a table with the same number of
 rows and four features, trains a small model of each kind on a slice, then scores each input with
 ``anomaly.file_scoring.score_files_to`` (what ``anomaly score`` runs) in its own process and prints
-rows/s and peak RSS (VmHWM) of each. The table streams by record batch; the series and the image
-runs show how far their paths are from that.
+rows/s and peak RSS (VmHWM) of each. Every kind streams: tables by record batch, series in chunks
+of points with a look-ahead, images a decoded chunk at a time. With ``--landing`` the table and
+the series file are also scored as a landing-folder file (``anomaly.landing.score_landing_file``:
+the same streaming path, plus monitoring and a run logged to a SQLite MLflow store in the temp
+dir), the way the scheduled deployment scores them.
 
-Run: python benchmarks/kinds_memory.py [--points 5000000] [--images 20000] [--threads 2]
+Run: python benchmarks/kinds_memory.py [--points 5000000] [--images 20000] [--threads 2] [--landing]
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ def train(kind: str, data: Path, model_dir: Path) -> None:
     detector.save(model_dir)
 
 
-def child(data: Path, model_dir: Path, out: Path, threads: int) -> None:
+def child(data: Path, model_dir: Path, out: Path, threads: int, landing: bool = False) -> None:
     import torch
 
     from anomaly import AutoencoderDetector
@@ -117,9 +120,29 @@ def child(data: Path, model_dir: Path, out: Path, threads: int) -> None:
     detector = AutoencoderDetector.load(model_dir, device="cpu")
     model = LoadedModel(detector, "bench", "1", "models:/bench/1")
     start = time.perf_counter()
-    result = score_files_to(model, str(data), out)
+    if landing:
+        rows = score_as_landing_file(model, data, out)
+    else:
+        rows = score_files_to(model, str(data), out).n_rows
     seconds = time.perf_counter() - start
-    print(json.dumps({"rows": result.n_rows, "seconds": seconds, "peak_rss_mib": peak_rss_mib()}))
+    print(json.dumps({"rows": rows, "seconds": seconds, "peak_rss_mib": peak_rss_mib()}))
+
+
+def score_as_landing_file(model: object, data: Path, out: Path) -> int:
+    from anomaly.data.parquet import file_sha256
+    from anomaly.landing import LandingFile, score_landing_file
+    from anomaly.tracking import TrackingConfig
+
+    folder = out.with_suffix("")
+    tracking = TrackingConfig(
+        tracking_uri=f"sqlite:///{folder}.mlflow.db",
+        artifact_location=f"{folder}.artifacts",
+        experiment_name="bench",
+        registered_model_name="bench",
+    )
+    st = data.stat()
+    file = LandingFile(data, data.name, st.st_size, st.st_mtime_ns, file_sha256(data))
+    return score_landing_file(model, file, folder, tracking).rows_in  # type: ignore[arg-type]
 
 
 def main() -> None:
@@ -130,10 +153,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--landing", action="store_true", help="also score as landing files")
     parser.add_argument("--child", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, args.threads)
+        child(*args.child, args.threads, args.landing)
         return
     work = Path(tempfile.mkdtemp(prefix="anomaly-kinds-", dir=args.dir))
     try:
@@ -149,16 +173,23 @@ def main() -> None:
             print(
                 f"{kind}: {n:,} rows written and a model trained in {time.perf_counter() - start:.0f}s"
             )
-        for kind, (path, _, _) in inputs.items():
+        runs = [(kind, path, False) for kind, (path, _, _) in inputs.items()]
+        if args.landing:
+            runs += [(kind, inputs[kind][0], True) for kind in ("table", "series")]
+        for kind, path, landing in runs:
             cmd = [sys.executable, __file__, "--threads", str(args.threads), "--child"]
             cmd += [str(path), str(work / f"model-{kind}"), str(work / f"{kind}.scored.parquet")]
+            if landing:
+                cmd[-1] = str(work / f"landing-{kind}.scored.parquet")
+                cmd.append("--landing")
+                kind = f"landing {kind}"
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 print(f"{kind}: failed\n{done.stderr[-2000:]}")
                 continue
             got = json.loads([s for s in done.stdout.splitlines() if s.startswith("{")][-1])
             print(
-                f"{kind:7s} {got['rows']:>10,} rows  {got['rows'] / got['seconds']:>10,.0f} rows/s  "
+                f"{kind:14s} {got['rows']:>10,} rows  {got['rows'] / got['seconds']:>10,.0f} rows/s  "
                 f"peak RSS {got['peak_rss_mib']:>7,.0f} MiB"
             )
     finally:

@@ -140,3 +140,17 @@ def test_real_detector_normal_batch_quiet_and_anomalous_batch_alerts(fitted_dete
     )
     assert not quiet.alert, quiet.alerts
     assert loud.alert and loud.anomaly_rate > 0.1
+
+
+def test_a_sampled_batch_tests_its_rate_on_the_exact_counts(rng, calibrated):
+    # A streamed batch keeps a uniform sample of its scores; the counts are exact.
+    cal, thr = calibrated
+    sample = rng.lognormal(0.0, 0.5, 1000)
+    flagged_in_sample = int((sample > thr.threshold_).sum())
+    whole = monitor_batch(sample, cal, thr.threshold_, thr.q, counts=(200_000, 20_000))
+    assert whole.rows_scored == 200_000 and whole.rows_flagged == 20_000
+    assert whole.anomaly_rate == pytest.approx(0.1)
+    assert any("anomaly rate" in reason for reason in whole.alerts)
+    sampled = monitor_batch(sample, cal, thr.threshold_, thr.q)
+    assert sampled.rows_flagged == flagged_in_sample and not sampled.alert
+    assert whole.psi == sampled.psi and whole.ks_statistic == sampled.ks_statistic
