@@ -19,6 +19,7 @@ from anomaly import plots
 from anomaly.data.schema import invalid_row_reasons
 from anomaly.integrity import MANIFEST_TAG, manifest_digest
 from anomaly.models import data_kind
+from anomaly.scoring import score_frame
 from anomaly.tracking.descriptions import describe_version
 from anomaly.tracking.store import (
     CALIBRATION_LEVELS,
@@ -274,9 +275,14 @@ def _review_series(
     The plot shows the first series (at most 20,000 points): each feature over time, the score,
     the threshold and flagged spans; the last part of each stretch is the calibration part.
     """
-    values, reasons, _ = detector._series_rows(training_frame, None)
+    # Through the scoring engine, which sets aside the rows that became no point (a gap, a
+    # short stretch, a bad value); they stay NaN here.
+    batch = score_frame(detector, training_frame)
+    scores = np.full(len(training_frame), np.nan)
+    scores[batch.scored["source_row"].to_numpy()] = batch.scored["anomaly_score"].to_numpy()
     names = detector.schema_.feature_names
-    per_feature = pd.Series(np.nanmean(values[:, 1:], axis=0), index=names)
+    assert batch.feature_errors is not None  # a series batch always carries them
+    per_feature = pd.Series(batch.feature_errors.mean(axis=0), index=names)
     policy = detector.series_policy_
     shown = training_frame
     if policy.series_column is not None:
@@ -295,14 +301,14 @@ def _review_series(
             times[: len(keep)],
             shown[names].to_numpy(dtype=float)[keep],
             names,
-            values[positions[keep], 0],
+            scores[positions[keep]],
             detector.threshold_,
             title="Training series (calibration = last part)",
         ),
         "plots/series_review.png",
     )
     columns = [*detector.schema_.keys, *names]
-    clean = training_frame.loc[reasons == "", columns]
+    clean = training_frame.loc[np.isfinite(scores), columns]
     example = clean.head(2 * int(detector.window)).reset_index(drop=True)  # type: ignore[arg-type]
     return per_feature, example
 
