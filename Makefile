@@ -45,6 +45,7 @@ bench-adbench: $(VENV)/.installed
 # Streaming scoring vs a raw pyarrow read of the same generated file: SIZE_GB=4 for the real figure.
 SIZE_GB ?= 0.25
 bench-stream: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) benchmarks/streaming_score.py --size-gb $(SIZE_GB)
 
 # Training and score_samples throughput vs PyOD's AutoEncoder (same network, batch size, epochs;
