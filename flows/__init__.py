@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -24,6 +25,38 @@ for _name, _value in PROCESS_DEFAULTS.items():
 # the others were scored: red in the UI and caught by automations on failure, yet named apart
 # from a run that produced nothing.
 PARTIAL_FAILURE_STATE = "PartialFailure"
+
+
+class ReportedFailure(Exception):
+    """The data of a Failed state a flow returns on purpose, carrying the run's record.
+
+    Prefect resolves a failed state's data into an exception (any other object there is a
+    ``TypeError``), and a served run's engine raises it as the run ends and logs it as "Engine
+    execution exited with unexpected exception", with a traceback. The failure is already told
+    by the state's name and message, so the records carrying it are dropped (see
+    :class:`DropReportedFailures`); the state stays Failed in the UI and for automations.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DropReportedFailures(logging.Filter):
+    """Drop the log records whose exception is a :class:`ReportedFailure`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, ReportedFailure)
+
+
+# The loggers Prefect's engine reports a run's final exception on: the flow run's logger (the
+# `python -m prefect.engine` a served deployment runs in; also sent to the API, so the UI) and
+# the engine's own (its exit handler). Filters on a logger apply to what it logs itself only.
+ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.engine")
+for _logger_name in ENGINE_LOGGERS:
+    _logger = logging.getLogger(_logger_name)
+    if not any(isinstance(f, DropReportedFailures) for f in _logger.filters):
+        _logger.addFilter(DropReportedFailures())
 
 
 def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:

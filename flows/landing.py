@@ -20,7 +20,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from anomaly.landing import FileResult, LandingFile, Ledger, pending_files, score_landing_file
 from anomaly.monitoring import AlertSettings
 from anomaly.tracking import LoadedModel, TrackingConfig
-from flows import PARTIAL_FAILURE_STATE, retry_unless_bad_input
+from flows import PARTIAL_FAILURE_STATE, ReportedFailure, retry_unless_bad_input
 from flows.score import load_model
 
 ALERT_STATE = "AnomalyAlert"
@@ -38,19 +38,12 @@ class LandingRun:
     alerts: list[str] = field(default_factory=list)
 
 
-class LandingRunFailed(Exception):
-    """What ``result()`` raises for a failed landing run; ``run`` is the run's record.
-
-    Prefect resolves a failed state's data into an exception (a served run does so as it ends),
-    so the record travels inside one: any other object there is a ``TypeError`` in the log.
-    """
+class LandingRunFailed(ReportedFailure):
+    """What ``result()`` raises for a failed landing run; ``run`` is the run's record."""
 
     def __init__(self, message: str, run: LandingRun):
         super().__init__(message, run)
         self.run = run
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @task(

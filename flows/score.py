@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -12,7 +14,15 @@ from anomaly.run_logging import log_scored
 from anomaly.scoring import BatchSummary
 from anomaly.streaming import StreamResult
 from anomaly.tracking import LoadedModel, TrackingConfig, load_registered_detector
-from flows import PARTIAL_FAILURE_STATE, retry_unless_bad_input
+from flows import PARTIAL_FAILURE_STATE, ReportedFailure, retry_unless_bad_input
+
+
+class ScoreRunFailed(ReportedFailure):
+    """What ``result()`` raises for a scoring run that quarantined files; ``result`` is its record."""
+
+    def __init__(self, message: str, result: ScoreResult):
+        super().__init__(message, result)
+        self.result = result
 
 
 @task(
@@ -82,12 +92,13 @@ def score_flow(
     dask_address: str | None = None,
     heatmaps: bool = False,
     model_name: str | None = None,
-) -> ScoreResult | State[ScoreResult]:
+) -> ScoreResult | State[Any]:
     """Score every Parquet file under ``data`` with ``model_uri`` (default: ``models:/NAME@champion``).
 
     A file that cannot be scored (not Parquet, truncated, a column missing or of the wrong type)
     is quarantined: listed with its reason beside the output while the other files are scored.
-    The run then ends in a Failed state named ``PartialFailure`` whose data is the result.
+    The run then ends in a Failed state named ``PartialFailure``; its ``result()`` raises a
+    :class:`ScoreRunFailed` whose ``result`` is the run's :class:`ScoreResult`.
 
     ``context``: for a time-series model, the file that carries the last points of each series
     from one run to the next (default: beside ``output``). ``dask`` spreads the work over a
@@ -127,10 +138,10 @@ def score_flow(
         description=f"Scoring of `{data}` with `{model.model_uri}`",
     )
     if result.partial:
+        message = f"{len(result.quarantined)} file(s) quarantined, the rest scored: " + "; ".join(
+            f"{file}: {reason}" for file, reason in result.quarantined
+        )
         return Failed(
-            name=PARTIAL_FAILURE_STATE,
-            message=f"{len(result.quarantined)} file(s) quarantined, the rest scored: "
-            + "; ".join(f"{file}: {reason}" for file, reason in result.quarantined),
-            data=result,
+            name=PARTIAL_FAILURE_STATE, message=message, data=ScoreRunFailed(message, result)
         )
     return result

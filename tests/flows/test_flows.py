@@ -109,7 +109,7 @@ def test_train_and_score_flows(
     )
     assert partial.is_failed() and partial.name == "PartialFailure"
     assert "broken.parquet: missing column 'power'" in partial.message
-    again = partial.result(raise_on_failure=False)
+    again = partial.result(raise_on_failure=False).result
     assert (again.rows_scored, again.rows_rejected) == (result.rows_scored, 2)
     assert again.rows_in == len(holed) * 2 and again.rows_quarantined == len(holed)
     listed = pd.read_parquet(again.quarantine)
