@@ -74,7 +74,9 @@ def test_series_and_image_runs_log_a_latent_view_of_their_calibration_data(
     thr = fitted_series_detector.thresholder_
     n = len(thr.calibration_scores_)
     share = float((thr.calibration_scores_ > thr.threshold_).mean())
-    assert f"share of {n} calibration windows (sampled) above it: {share:.2%}" in summary
+    assert (
+        f"share above it of the {n} calibration windows in the latent view: {share:.2%}" in summary
+    )
 
     images = make_blob_images(120, (16, 16), seed=1)
     image_model = AutoencoderDetector(

@@ -452,8 +452,8 @@ def _log_threshold_review(
     if latent_view is not None:
         share = float(thr.predict(latent_view.scores).mean())
         lines.append(
-            f"- share of {len(latent_view.scores)} {latent_view.what} (sampled) above it: "
-            f"{share:.2%}"
+            f"- share above it of the {len(latent_view.scores)} {latent_view.what} in the latent "
+            f"view: {share:.2%}"
         )
     lines += [
         "",
