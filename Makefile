@@ -68,4 +68,5 @@ bench-mnist: $(VENV)/.installed
 	nice -n 5 $(PY) benchmarks/mnist_oneclass.py
 
 clean:
-	rm -rf outputs mlruns mlartifacts mlflow.db data/*.parquet data/incoming
+	rm -rf outputs mlruns mlartifacts mlflow.db data/*.parquet data/incoming data/series_incoming \
+		data/images_train data/images_incoming

@@ -170,35 +170,71 @@ def series_review(
     return fig
 
 
-def latent_pca(latent: np.ndarray, flagged: np.ndarray, threshold: float) -> Figure:
-    """Latent codes ``(n, latent_dim)`` projected on their first two principal components.
+def latent_pca(
+    latent: np.ndarray, scores: np.ndarray, threshold: float, what: str = "calibration rows"
+) -> Figure:
+    """Latent codes ``(n, latent_dim)`` on their first two principal components, coloured by score.
 
-    Points above the threshold (``flagged``, ``(n,)`` bool) are drawn in red on top, so a
-    reviewer sees whether flagged rows sit apart or inside the normal cloud.
+    Each point's colour is its anomaly score ``(n,)`` (a continuous colour map, log-scaled when
+    every score is positive, with a colour bar marking the threshold); points above the threshold
+    are drawn on top with a red ring, so a reviewer sees whether high scores sit apart from the
+    normal cloud or inside it, and whether they drift there gradually. ``what`` names the points
+    (``"calibration windows"``, ``"calibration images"``) in the title and axis labels.
     """
+    from matplotlib.colors import LogNorm, Normalize
     from sklearn.decomposition import PCA
 
     codes = np.asarray(latent, dtype=np.float64)
-    mask = np.asarray(flagged, dtype=bool)
-    fig, ax = _pyplot().subplots(figsize=(6, 5), layout="constrained")
-    if codes.shape[1] >= 2:
+    values = np.asarray(scores, dtype=np.float64)
+    above = values > threshold
+    fig, ax = _pyplot().subplots(figsize=(6.5, 5), layout="constrained")
+    if codes.shape[1] >= 2 and len(codes) >= 2:
         pca = PCA(n_components=2).fit(codes)
         xy = pca.transform(codes)
         ax.set_xlabel(f"PC1 ({pca.explained_variance_ratio_[0]:.0%} of variance)")
         ax.set_ylabel(f"PC2 ({pca.explained_variance_ratio_[1]:.0%} of variance)")
-    else:  # a 1-D latent space: plot it against the row index
+    else:  # a 1-D latent space: plot it against the sample's position
         xy = np.column_stack([codes[:, 0], np.arange(len(codes))])
         ax.set_xlabel("latent code")
-        ax.set_ylabel("row")
-    below, above = xy[~mask], xy[mask]
-    ax.scatter(
-        below[:, 0], below[:, 1], s=6, alpha=0.4, color="tab:blue", label=f"below ({len(below)})"
+        ax.set_ylabel("position in the sample")
+    finite = values[np.isfinite(values)]
+    low = float(finite.min()) if len(finite) else 0.0
+    high = max(float(finite.max()) if len(finite) else 1.0, threshold)
+    # Reconstruction errors are heavy-tailed: a log scale keeps the normal bulk from one colour.
+    norm = (
+        LogNorm(vmin=min(low, threshold), vmax=high)
+        if low > 0 and threshold > 0
+        else Normalize(vmin=min(low, threshold), vmax=high)
+    )
+    # Low scores first so high ones are drawn over the cloud rather than hidden in it.
+    order = np.argsort(np.nan_to_num(values, nan=-np.inf), kind="stable")
+    below_idx, above_idx = order[~above[order]], order[above[order]]
+    points = ax.scatter(
+        xy[below_idx, 0],
+        xy[below_idx, 1],
+        c=values[below_idx],
+        cmap="viridis",
+        norm=norm,
+        s=8,
+        alpha=0.7,
+        linewidths=0,
+        label=f"below threshold ({len(below_idx)})",
     )
     ax.scatter(
-        above[:, 0], above[:, 1], s=10, alpha=0.9, color="tab:red", label=f"above ({len(above)})"
+        xy[above_idx, 0],
+        xy[above_idx, 1],
+        c=values[above_idx],
+        cmap="viridis",
+        norm=norm,
+        s=28,
+        edgecolors="tab:red",
+        linewidths=1.2,
+        label=f"above threshold ({len(above_idx)})",
     )
-    ax.set_title(f"Latent space of calibration rows, threshold {threshold:.4g}")
-    ax.legend()
+    bar = fig.colorbar(points, ax=ax, label="anomaly score")
+    bar.ax.axhline(threshold, color="tab:red", linewidth=2)
+    ax.set_title(f"Latent space of {len(codes)} {what}, threshold {threshold:.4g}", fontsize=10)
+    ax.legend(loc="best", fontsize=8)
     return fig
 
 

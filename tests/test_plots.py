@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 
-from anomaly.plots import score_histogram
+from anomaly.plots import latent_pca, score_histogram
 
 
 def test_batch_histogram_counts_on_a_log_scale_with_the_flagged_share():
@@ -32,3 +32,21 @@ def test_calibration_histogram_alone_counts_rows():
     calibration = np.random.default_rng(1).lognormal(0, 0.3, 500)
     fig = score_histogram(calibration, float(np.quantile(calibration, 0.95)), 0.95)
     assert fig.axes[0].get_ylabel() == "rows" and not fig.axes[0].texts
+
+
+def test_latent_view_colours_points_by_score_and_rings_those_above_the_threshold():
+    rng = np.random.default_rng(2)
+    codes = rng.normal(size=(300, 6))
+    scores = rng.lognormal(0, 0.5, 300)
+    threshold = float(np.quantile(scores, 0.9))
+    fig = latent_pca(codes, scores, threshold, "calibration windows")
+    ax, bar = fig.axes  # the scatter and its colour bar
+    below, above = ax.collections
+    # Colours come from the scores themselves (not two fixed colours), on one shared scale.
+    np.testing.assert_allclose(np.sort(below.get_array()), np.sort(scores[scores <= threshold]))
+    np.testing.assert_allclose(np.sort(above.get_array()), np.sort(scores[scores > threshold]))
+    assert below.norm is above.norm and below.norm.vmax == scores.max()
+    assert len(above.get_offsets()) == int((scores > threshold).sum()) == 30
+    assert bar.get_ylabel() == "anomaly score"
+    assert [round(line.get_ydata()[0], 9) for line in bar.lines] == [round(threshold, 9)]
+    assert "300 calibration windows" in ax.get_title()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -50,6 +51,42 @@ def test_training_run_logs_params_metrics_plots_and_dataset(
         run.inputs.dataset_inputs[0].dataset.source.endswith("data/train.parquet")
         or "train.parquet" in run.inputs.dataset_inputs[0].dataset.source
     )
+
+
+def test_series_and_image_runs_log_a_latent_view_of_their_calibration_data(
+    fitted_series_detector, series_table, tracking_config
+):
+    """Series: the codes of the calibration windows, scored as calibration scored them (the
+    summary's share above the threshold is the calibration set's own); images: calibration
+    images."""
+    from anomaly import AutoencoderDetector
+    from anomaly.data.images import ImageBatch
+    from anomaly.data.synthetic import make_blob_images
+
+    client = MlflowClient(tracking_config.tracking_uri)
+    series = log_training_run(
+        fitted_series_detector, series_table, "series.parquet", tracking_config
+    )
+    assert "plots/latent_pca.png" in {a.path for a in client.list_artifacts(series.run_id, "plots")}
+    summary = Path(
+        client.download_artifacts(series.run_id, "review/threshold_summary.md")
+    ).read_text()
+    thr = fitted_series_detector.thresholder_
+    n = len(thr.calibration_scores_)
+    share = float((thr.calibration_scores_ > thr.threshold_).mean())
+    assert (
+        f"share above it of the {n} calibration windows in the latent view: {share:.2%}" in summary
+    )
+
+    images = make_blob_images(120, (16, 16), seed=1)
+    image_model = AutoencoderDetector(
+        model="conv", epochs=2, batch_size=32, verbose=False, image_size=(16, 16)
+    ).fit(images)
+    paths = pd.DataFrame({"path": [f"img{i}.png" for i in range(len(images))]})
+    batch = ImageBatch(images, paths, pd.DataFrame({"path": [], "reason": []}))
+    imaged = log_training_run(image_model, batch, "images/", tracking_config)
+    plots = {a.path for a in client.list_artifacts(imaged.run_id, "plots")}
+    assert {"plots/latent_pca.png", "plots/calibration_images.png"} <= plots
 
 
 def test_model_is_registered_with_tags(registered, fitted_detector, tracking_config):

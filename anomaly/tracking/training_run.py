@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from anomaly import plots
 from anomaly.data.schema import invalid_row_reasons
+from anomaly.errors import InvalidRowsError
 from anomaly.integrity import MANIFEST_TAG, manifest_digest
 from anomaly.models import data_kind
 from anomaly.scoring import score_frame
@@ -166,6 +168,14 @@ def log_training_run(
             "plots/loss_curves.png",
         )
         example: pd.DataFrame | None = None
+        latent_view = _calibration_latent(detector, training_frame, images)
+        if latent_view is not None:
+            log_figure(
+                plots.latent_pca(
+                    latent_view.codes, latent_view.scores, detector.threshold_, latent_view.what
+                ),
+                "plots/latent_pca.png",
+            )
         if images is not None:
             _log_image_review(detector, images.images)
         else:
@@ -178,7 +188,7 @@ def log_training_run(
                 "plots/feature_errors.png",
             )
             mlflow.log_dict(per_feature.to_dict(), "feature_errors.json")
-            _log_threshold_review(detector, training_frame, data_source)
+            _log_threshold_review(detector, data_source, latent_view)
 
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "detector"
@@ -313,26 +323,119 @@ def _review_series(
     return per_feature, example
 
 
-def _log_threshold_review(
-    detector: AutoencoderDetector, training_frame: pd.DataFrame, data_source: str
-) -> None:
-    """What a reviewer needs to judge the threshold: quantile table, latent view, summary.
+@dataclass(frozen=True)
+class _LatentView:
+    """Latent codes ``(n, d)`` and scores ``(n,)`` of a sample of calibration data."""
 
-    The latent view covers tabular models (calibration rows); a series model's review plot is
-    ``plots/series_review.png``.
-    """
-    thr = detector.thresholder_
-    calibration_rows = training_frame.iloc[:0]
-    if detector.window is None:
-        split = getattr(detector, "split_index_", None)
+    codes: np.ndarray
+    scores: np.ndarray
+    what: str  # "calibration rows", "calibration windows", "calibration images"
+
+
+LATENT_SAMPLE = 2000  # points in the latent view: enough to see the cloud, cheap to plot
+
+
+def _calibration_latent(
+    detector: AutoencoderDetector,
+    training_frame: pd.DataFrame,
+    images: ImageBatch | None,
+) -> _LatentView | None:
+    """Codes and scores of at most :data:`LATENT_SAMPLE` calibration samples, through the
+    detector's public methods: rows of a table, windows of a series (each row's code is the
+    window ending at it), images. After a reload the split is unknown and a sample of the
+    training data stands in. ``None`` when fewer than 3 samples can be shown."""
+    split = getattr(detector, "split_index_", None)
+    rng = np.random.default_rng(0)
+
+    def bounded(n: int) -> np.ndarray:
+        return (
+            np.sort(rng.choice(n, size=LATENT_SAMPLE, replace=False))
+            if n > LATENT_SAMPLE
+            else np.arange(n)
+        )
+
+    if images is not None:
+        rows = (
+            np.asarray(split["calibration"]) if split is not None else np.arange(len(images.images))
+        )
+        rows = rows[rows < len(images.images)]
+        sample = images.images[rows[bounded(len(rows))]]
+        codes, scores, what = (
+            detector.latent(sample),
+            detector.score_samples(sample),
+            "calibration images",
+        )
+    elif detector.window is not None:
+        calibration, before = _series_calibration_part(detector, training_frame)
+        context = detector.next_context(before) if len(before) else None
+        try:
+            codes = detector.latent(calibration, context)
+            scores = detector.score_samples(calibration, context)
+        except InvalidRowsError as exc:  # e.g. a calibration stretch shorter than the window
+            logger.warning("no latent view: %s", exc)
+            return None
+        scored = np.isfinite(scores) & np.isfinite(codes).all(axis=1)
+        codes, scores = codes[scored], scores[scored]
+        keep = bounded(len(scores))
+        codes, scores, what = codes[keep], scores[keep], "calibration windows"
+    else:
         review = (
             training_frame.loc[split["calibration"]]
             if split is not None and split["calibration"].isin(training_frame.index).all()
             else training_frame
         )
-        calibration_rows = review.loc[
-            (invalid_row_reasons(review, detector.schema_) == "").to_numpy()
-        ]
+        clean = review.loc[(invalid_row_reasons(review, detector.schema_) == "").to_numpy()]
+        sample = clean.iloc[bounded(len(clean))]
+        codes, scores, what = (
+            detector.latent(sample),
+            detector.score_samples(sample),
+            "calibration rows",
+        )
+    if len(scores) < 3:
+        return None
+    return _LatentView(np.asarray(codes), np.asarray(scores, dtype=np.float64), what)
+
+
+def _series_calibration_part(
+    detector: AutoencoderDetector, training_frame: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The valid rows of the training series split into the calibration part and the rows before.
+
+    The calibration part is the last share of each series in time order, the share of points the
+    fit calibrated on; the rows before give the windows their context, so each calibration row
+    scores as it did in calibration.
+    """
+    split = getattr(detector, "split_index_", None)
+    if split is not None:
+        sizes = [len(split[part]) for part in ("fit", "validation", "calibration")]
+    else:
+        info = detector.fit_info_
+        sizes = [int(info.get(k, 0)) for k in ("n_fit", "n_validation", "n_calibration")]
+    share = sizes[2] / max(sum(sizes), 1)
+    policy = detector.series_policy_
+    valid = training_frame.loc[
+        (invalid_row_reasons(training_frame, detector.schema_) == "").to_numpy()
+    ]
+    if policy.time_column is not None:
+        valid = valid.sort_values(policy.time_column, kind="stable")
+    if policy.series_column is not None:
+        groups = valid.groupby(policy.series_column, sort=False)
+        from_end = groups.cumcount(ascending=False).to_numpy()
+        length = groups[policy.series_column].transform("size").to_numpy()
+    else:
+        from_end, length = np.arange(len(valid))[::-1], np.full(len(valid), len(valid))
+    in_calibration = from_end < np.round(length * share)
+    return valid.loc[in_calibration], valid.loc[~in_calibration]
+
+
+def _log_threshold_review(
+    detector: AutoencoderDetector, data_source: str, latent_view: _LatentView | None
+) -> None:
+    """What a reviewer needs to judge the threshold: quantile table and summary.
+
+    The latent view (``plots/latent_pca.png``) is logged beside it for every kind.
+    """
+    thr = detector.thresholder_
     quantiles = thr.quantiles(CALIBRATION_LEVELS)
     table = pd.DataFrame(
         {
@@ -344,15 +447,6 @@ def _log_threshold_review(
         }
     )
     mlflow.log_table(table, "review/threshold_quantiles.json")
-    flagged_share = None
-    if len(calibration_rows) >= 3:
-        sample = calibration_rows.sample(n=min(len(calibration_rows), 3000), random_state=0)
-        flagged = detector.predict(sample)
-        flagged_share = float(flagged.mean())
-        log_figure(
-            plots.latent_pca(detector.latent(sample), flagged, detector.threshold_),
-            "plots/latent_pca.png",
-        )
     lines = [
         "# Threshold review",
         "",
@@ -361,8 +455,12 @@ def _log_threshold_review(
         f"{len(thr.calibration_scores_)} held-out normal errors",
         f"- expected false-positive rate on normal data: at most {1 - thr.q:.2%}",
     ]
-    if flagged_share is not None:
-        lines.append(f"- share of calibration rows above it: {flagged_share:.2%}")
+    if latent_view is not None:
+        share = float(thr.predict(latent_view.scores).mean())
+        lines.append(
+            f"- share above it of the {len(latent_view.scores)} {latent_view.what} in the latent "
+            f"view: {share:.2%}"
+        )
     lines += [
         "",
         "| quantile | calibration error | share above |",
@@ -373,7 +471,8 @@ def _log_threshold_review(
         ),
         "",
         "Plots: `plots/calibration_histogram.png` (errors and the threshold line), "
-        "`plots/latent_pca.png` (latent codes, flagged rows in red). Scoring runs log "
+        "`plots/latent_pca.png` (latent codes coloured by score, those above the threshold "
+        "ringed in red). Scoring runs log "
         "`plots/batch_score_histogram.png` for each batch against these errors.",
         "",
         "Change the threshold without retraining: "

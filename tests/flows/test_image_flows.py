@@ -64,7 +64,11 @@ def test_image_train_and_score_flows(prefect_server, tmp_path, tracking_config):
     assert run.data.params["data.n_rejected"] == "1"
     assert run.data.params["features"] == "1x16x16"
     plots = {a.path for a in client.list_artifacts(model.run_id, "plots")}
-    assert {"plots/calibration_images.png", "plots/calibration_histogram.png"} <= plots
+    assert {
+        "plots/calibration_images.png",
+        "plots/calibration_histogram.png",
+        "plots/latent_pca.png",
+    } <= plots
 
     state = score_flow(
         data=str(incoming),
