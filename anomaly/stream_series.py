@@ -27,7 +27,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anomaly.data.parquet import write_parquet_atomic
 from anomaly.data.series import (
     SeriesLayout,
     list_series_files,
@@ -156,6 +155,8 @@ class _Totals:
     tracker: EventTracker
     scored_sink: _FrameSink
     rejects_sink: _FrameSink
+    # Closed events go out as they close: their number grows with the input.
+    events_sink: _FrameSink
     model_name: str
     model_version: str
     n_scored: int = 0
@@ -163,7 +164,6 @@ class _Totals:
     n_flagged: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     sample: _ScoreSample = field(default_factory=lambda: _ScoreSample(SCORE_SAMPLE_SIZE))
-    closed: list[pd.DataFrame] = field(default_factory=list)
     n_closed: int = 0
     seen: dict[str, None] = field(default_factory=dict)  # series in order of appearance
     times: np.ndarray | None = None  # empty, of the run's time type
@@ -251,7 +251,9 @@ def _run(
     names = tuple(detector.schema_.feature_names)
     tracker = EventTracker(names, event_settings, state)
     scored_sink, rejects_sink = _FrameSink(output, "scored"), _FrameSink(rejects, "rejects")
-    totals = _Totals(tracker, scored_sink, rejects_sink, model_name, model_version)
+    events_sink = _FrameSink(events_path_for(output), "events")
+    sinks = (scored_sink, rejects_sink, events_sink)
+    totals = _Totals(tracker, scored_sink, rejects_sink, events_sink, model_name, model_version)
     streamed = whole = 0
     try:
         for plan in plans:
@@ -266,17 +268,17 @@ def _run(
                 # Nothing of this file was written (it failed in its first chunk): set it aside
                 # and go on from the last good file's points.
                 quarantined.append(QuarantinedFile.of(plan.path, exc, plan.num_rows))
+        still_open = tracker.open_events(
+            list(totals.seen), detector.series_policy_.series_column is None, totals.times
+        )
+        events_sink.write(still_open)
         rej = rejects_sink.commit()
         out = scored_sink.commit()
+        events_file = events_sink.commit()
     except BaseException:
-        scored_sink.abort()
-        rejects_sink.abort()
+        for sink in sinks:
+            sink.abort()
         raise
-    still_open = tracker.open_events(
-        list(totals.seen), detector.series_policy_.series_column is None, totals.times
-    )
-    events = pd.concat([*totals.closed, still_open], ignore_index=True)
-    events_file = write_parquet_atomic(events, events_path_for(output), role="events")
     n_open = len(still_open)
     result = SeriesStreamResult(
         n_rows=totals.n_scored + totals.n_rejected,
@@ -324,7 +326,7 @@ def _write_batch(
     )
     closed = events.loc[~events["open"].to_numpy(dtype=bool)]
     if len(closed):
-        totals.closed.append(closed)
+        totals.events_sink.write(closed)
     totals.n_closed += len(closed)
     totals.seen.update(dict.fromkeys(np.asarray(ids).astype(str) if ids is not None else [""]))
     if times is not None:
