@@ -282,14 +282,28 @@ class TableSchema:
 
     def with_ranges(self, frame: pd.DataFrame) -> TableSchema:
         """This schema with each numeric feature's finite range in ``frame`` (the fit rows)."""
-        specs = []
-        for spec in self.features:
-            if spec.kind == "numeric":
-                values = frame[spec.name].to_numpy(dtype=np.float64, na_value=np.nan)
-                values = values[np.isfinite(values)]
-                if len(values):
-                    spec = replace(spec, low=float(values.min()), high=float(values.max()))
-            specs.append(spec)
+        numeric = self.numeric_columns
+        if not numeric:
+            return self
+        # One conversion of the numeric block; non-finite values are masked out of the extremes.
+        values = frame[numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = np.isfinite(values)
+        if finite.all():
+            lows, highs = values.min(axis=0), values.max(axis=0)
+        else:
+            lows = np.where(finite, values, np.inf).min(axis=0, initial=np.inf)
+            highs = np.where(finite, values, -np.inf).max(axis=0, initial=-np.inf)
+        ranges = {
+            name: (float(low), float(high))
+            for name, low, high, seen in zip(numeric, lows, highs, finite.any(axis=0), strict=True)
+            if seen
+        }
+        specs = [
+            replace(spec, low=ranges[spec.name][0], high=ranges[spec.name][1])
+            if spec.kind == "numeric" and spec.name in ranges
+            else spec
+            for spec in self.features
+        ]
         return replace(self, features=tuple(specs))
 
     def out_of_range(self, frame: pd.DataFrame, margin: float = RANGE_MARGIN) -> np.ndarray:

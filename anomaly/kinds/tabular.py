@@ -66,12 +66,18 @@ class TabularKind(DetectorBase):
             )
         impute = self.nan_policy == "impute"
         fit_frame = frame.iloc[fit_rows]
-        clean_fit = fit_frame.loc[valid[fit_rows]]
-        preprocessor = TabularPreprocessor(schema, scaler=self.scaler).fit(clean_fit)  # type: ignore[arg-type]
+        preprocessor = TabularPreprocessor(schema, scaler=self.scaler)  # type: ignore[arg-type]
+        if impute:
+            # Fitted on the complete rows only; the others are encoded with the fitted medians.
+            preprocessor.fit(fit_frame.loc[valid[fit_rows]])
+            X_fit = preprocessor.transform(fit_frame, impute=True)
+        else:
+            # Every row left is complete: the fit's own encoding of them is the training data.
+            X_fit = preprocessor.fit_transform(fit_frame)
         self._train_network(
             lambda: build_module(self.model, preprocessor.n_outputs, self.get_params()),
             self._objective(),
-            preprocessor.transform(fit_frame, impute=impute),
+            X_fit,
             preprocessor.transform(frame.iloc[val_rows], impute=impute) if len(val_rows) else None,
         )
         self.schema_ = schema
