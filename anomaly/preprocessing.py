@@ -107,8 +107,7 @@ class TabularPreprocessor:
         )
         values = self._numeric_values(frame)
         out = self.transformer_.fit_transform(self._prepare(frame, values=values))
-        float32 = all(frame[c].dtype == np.float32 for c in numeric)
-        self.medians_ = dict(zip(numeric, _column_medians(values, float32), strict=True))
+        self.medians_ = dict(zip(numeric, _column_medians(frame[numeric], values), strict=True))
         self._set_output_layout()
         return np.asarray(out)
 
@@ -272,15 +271,15 @@ class TabularPreprocessor:
         return obj
 
 
-def _column_medians(values: np.ndarray, float32: bool = False) -> list[float]:
-    """``np.median`` of each column of ``values`` ``(n, d)``, computed with one selection per column.
+def _column_medians(columns: pd.DataFrame, values: np.ndarray) -> list[float]:
+    """``np.median`` of each column, computed with one selection per column.
 
-    ``np.median`` partitions around both middle positions (and checks for NaN with a third);
-    one partition around the upper middle, then the largest value below it, finds the same two
-    order statistics, and their mean is computed as ``np.median`` computes it, so the results
-    are identical bit for bit, in half the time. With ``float32`` (``values`` were widened from
-    float32 columns) the selection runs in float32, which is exact: widening keeps the order,
-    so it commutes with taking order statistics. Anything with NaN or no rows goes to
+    ``values`` is ``columns`` as float64 ``(n, d)``. ``np.median`` partitions around both
+    middle positions (and checks for NaN with a third); one partition around the upper middle,
+    then the largest value below it, finds the same two order statistics, and their mean is
+    computed as ``np.median`` computes it, so the results are identical bit for bit, in half
+    the time. Float32 columns are selected in float32, which is exact: widening keeps the
+    order, so it commutes with taking order statistics. Anything with NaN or no rows goes to
     ``np.median`` itself.
     """
     n, d = values.shape
@@ -288,7 +287,9 @@ def _column_medians(values: np.ndarray, float32: bool = False) -> list[float]:
         return []
     if n == 0 or not np.isfinite(values).all():
         return [float(np.median(values[:, j])) for j in range(d)]
-    by_column = np.ascontiguousarray((values.astype(np.float32) if float32 else values).T)
+    if all(dtype == np.float32 for dtype in columns.dtypes):
+        values = columns.to_numpy(dtype=np.float32)
+    by_column = np.ascontiguousarray(values.T)  # (d, n): each selection reads one run of memory
     k = n // 2
     parted = np.partition(by_column, k, axis=1)
     upper = parted[:, k].astype(np.float64)

@@ -33,15 +33,15 @@ class TabularKind(DetectorBase):
         schema = TableSchema.infer(
             frame, self.feature_columns, self.categorical_columns, self.key_columns
         )
-        reasons = invalid_row_reasons(frame, schema)
-        bad = (reasons != "").to_numpy()
+        # Reasons only for the bad rows: a clean table costs one pass over its features.
+        bad, reasons = invalid_rows(frame, schema)
         if bad.any() and self.nan_policy == "reject":
             logger.warning(
                 "fit: leaving out %d of %d rows with missing or non-finite features (first: row %s, %s)",
                 bad.sum(),
                 len(frame),
                 frame.index[bad][0],
-                reasons[bad].iloc[0],
+                reasons[0],
             )
             frame = frame.loc[~bad]
         # Rows of (the possibly filtered) frame whose features are all finite; only the impute
