@@ -96,11 +96,13 @@ def _looks_like_id(series: pd.Series) -> bool:
     )
 
 
-def as_frame(X: Any) -> pd.DataFrame:
+def as_frame(X: Any, *, copy: bool = True) -> pd.DataFrame:
     """Turn an array-like into a DataFrame; arrays get columns ``x0 .. x{d-1}``.
 
     Column labels become strings (a DataFrame built from an array has integer labels), since
-    schemas, saved models and Parquet files name columns by string.
+    schemas, saved models and Parquet files name columns by string. With ``copy=False`` a
+    frame built from an array shares its memory: for a caller that uses the frame and lets it
+    go before returning (pandas copies the array by default, a pass over all of it).
 
     Raises
     ------
@@ -116,7 +118,7 @@ def as_frame(X: Any) -> pd.DataFrame:
         raise SchemaError(
             f"expected a 2-D array (n_samples, n_features), found shape {array.shape}"
         )
-    return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
+    return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])], copy=copy)
 
 
 @dataclass(frozen=True)
