@@ -344,7 +344,10 @@ class AutoencoderDetector(TabularKind, SeriesKind, ImageKind):
         elif self.window is not None:
             self._fit_series(as_frame(X), quantile, validation_fraction, calibration_fraction)
         else:
-            self._fit_table(as_frame(X), quantile, validation_fraction, calibration_fraction)
+            # The table fit keeps copies of its parts, never the frame: no copy of the array.
+            self._fit_table(
+                as_frame(X, copy=False), quantile, validation_fraction, calibration_fraction
+            )
         return self
 
     # ------------------------------------------------------------------ scoring

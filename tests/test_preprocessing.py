@@ -117,3 +117,28 @@ def test_direct_transform_equals_the_column_transformer_bit_for_bit(scaler, impu
         through_sklearn = pre.transformer_.transform(pre._prepare(frame, impute=impute))
         assert direct is not None
         np.testing.assert_array_equal(direct, through_sklearn)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 500, 501])
+def test_column_medians_equal_numpy_median_bit_for_bit(n):
+    rng = np.random.default_rng(n)
+    frame = pd.DataFrame(
+        {
+            "f32": rng.normal(size=n).astype(np.float32),
+            "f64": rng.lognormal(size=n),
+            "ties": rng.integers(0, 3, n).astype(np.float64),
+            "int": rng.integers(-5, 5, n),
+        }
+    )
+    for columns in (["f32"], list(frame.columns)):
+        pre = TabularPreprocessor(TableSchema.infer(frame[columns])).fit(frame[columns])
+        assert pre.medians_ == {c: float(np.median(frame[c].to_numpy(np.float64))) for c in columns}
+
+
+@pytest.mark.parametrize("scaler", ["standard", "minmax"])
+def test_fit_transform_equals_fit_then_transform(table, schema, scaler):
+    fitted = TabularPreprocessor(schema, scaler=scaler).fit(table)
+    pre = TabularPreprocessor(schema, scaler=scaler)
+    np.testing.assert_array_equal(pre.fit_transform(table), fitted.transform(table))
+    assert pre.medians_ == fitted.medians_
+    assert pre.output_names_ == fitted.output_names_

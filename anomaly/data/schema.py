@@ -96,11 +96,13 @@ def _looks_like_id(series: pd.Series) -> bool:
     )
 
 
-def as_frame(X: Any) -> pd.DataFrame:
+def as_frame(X: Any, *, copy: bool = True) -> pd.DataFrame:
     """Turn an array-like into a DataFrame; arrays get columns ``x0 .. x{d-1}``.
 
     Column labels become strings (a DataFrame built from an array has integer labels), since
-    schemas, saved models and Parquet files name columns by string.
+    schemas, saved models and Parquet files name columns by string. With ``copy=False`` a
+    frame built from an array shares its memory: for a caller that uses the frame and lets it
+    go before returning (pandas copies the array by default, a pass over all of it).
 
     Raises
     ------
@@ -116,7 +118,7 @@ def as_frame(X: Any) -> pd.DataFrame:
         raise SchemaError(
             f"expected a 2-D array (n_samples, n_features), found shape {array.shape}"
         )
-    return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
+    return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])], copy=copy)
 
 
 @dataclass(frozen=True)
@@ -282,14 +284,28 @@ class TableSchema:
 
     def with_ranges(self, frame: pd.DataFrame) -> TableSchema:
         """This schema with each numeric feature's finite range in ``frame`` (the fit rows)."""
-        specs = []
-        for spec in self.features:
-            if spec.kind == "numeric":
-                values = frame[spec.name].to_numpy(dtype=np.float64, na_value=np.nan)
-                values = values[np.isfinite(values)]
-                if len(values):
-                    spec = replace(spec, low=float(values.min()), high=float(values.max()))
-            specs.append(spec)
+        numeric = self.numeric_columns
+        if not numeric:
+            return self
+        # One conversion of the numeric block; non-finite values are masked out of the extremes.
+        values = frame[numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = np.isfinite(values)
+        if finite.all():
+            lows, highs = values.min(axis=0), values.max(axis=0)
+        else:
+            lows = np.where(finite, values, np.inf).min(axis=0, initial=np.inf)
+            highs = np.where(finite, values, -np.inf).max(axis=0, initial=-np.inf)
+        ranges = {
+            name: (float(low), float(high))
+            for name, low, high, seen in zip(numeric, lows, highs, finite.any(axis=0), strict=True)
+            if seen
+        }
+        specs = [
+            replace(spec, low=ranges[spec.name][0], high=ranges[spec.name][1])
+            if spec.kind == "numeric" and spec.name in ranges
+            else spec
+            for spec in self.features
+        ]
         return replace(self, features=tuple(specs))
 
     def out_of_range(self, frame: pd.DataFrame, margin: float = RANGE_MARGIN) -> np.ndarray:

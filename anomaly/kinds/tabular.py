@@ -33,15 +33,15 @@ class TabularKind(DetectorBase):
         schema = TableSchema.infer(
             frame, self.feature_columns, self.categorical_columns, self.key_columns
         )
-        reasons = invalid_row_reasons(frame, schema)
-        bad = (reasons != "").to_numpy()
+        # Reasons only for the bad rows: a clean table costs one pass over its features.
+        bad, reasons = invalid_rows(frame, schema)
         if bad.any() and self.nan_policy == "reject":
             logger.warning(
                 "fit: leaving out %d of %d rows with missing or non-finite features (first: row %s, %s)",
                 bad.sum(),
                 len(frame),
                 frame.index[bad][0],
-                reasons[bad].iloc[0],
+                reasons[0],
             )
             frame = frame.loc[~bad]
         # Rows of (the possibly filtered) frame whose features are all finite; only the impute
@@ -66,12 +66,18 @@ class TabularKind(DetectorBase):
             )
         impute = self.nan_policy == "impute"
         fit_frame = frame.iloc[fit_rows]
-        clean_fit = fit_frame.loc[valid[fit_rows]]
-        preprocessor = TabularPreprocessor(schema, scaler=self.scaler).fit(clean_fit)  # type: ignore[arg-type]
+        preprocessor = TabularPreprocessor(schema, scaler=self.scaler)  # type: ignore[arg-type]
+        if impute:
+            # Fitted on the complete rows only; the others are encoded with the fitted medians.
+            preprocessor.fit(fit_frame.loc[valid[fit_rows]])
+            X_fit = preprocessor.transform(fit_frame, impute=True)
+        else:
+            # Every row left is complete: the fit's own encoding of them is the training data.
+            X_fit = preprocessor.fit_transform(fit_frame)
         self._train_network(
             lambda: build_module(self.model, preprocessor.n_outputs, self.get_params()),
             self._objective(),
-            preprocessor.transform(fit_frame, impute=impute),
+            X_fit,
             preprocessor.transform(frame.iloc[val_rows], impute=impute) if len(val_rows) else None,
         )
         self.schema_ = schema
