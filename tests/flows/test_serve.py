@@ -2,7 +2,8 @@
 
 One process, run as a subprocess: it starts its own Prefect server, registers the deployments,
 scores what is waiting (one good file, one broken), ends that run PartialFailure without a
-traceback, and stops on SIGTERM taking its server with it.
+traceback, runs a scoring run started from the Prefect CLI against its deployment, and stops on
+SIGTERM taking its server with it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ ROOT = Path(__file__).parents[2]
 # the run's engine process imports torch, MLflow and the model on a loaded 2-core machine.
 SCORED_WITHIN_S = 240
 STOPPED_WITHIN_S = 30
+# A triggered run waits for the runner's next poll (10 s), then starts its own engine process.
+TRIGGERED_WITHIN_S = 120
 
 
 def _ledger(output_dir: Path) -> dict[str, dict]:
@@ -98,6 +101,27 @@ def test_serve_scores_a_landing_folder_and_stops_on_sigterm(
         ):
             time.sleep(0.5)
 
+        # A run started from outside (the Prefect CLI here, the UI's "Run" alike) is picked up
+        # and run by this serving process: nothing else serves the deployment.
+        served_at = re.search(r"started for this process at (\S+)", log_path.read_text())
+        assert served_at, log_path.read_text()
+        later = make_sensor_table(300, anomaly_fraction=0.02, seed=502, first_id=5000)
+        write_parquet_atomic(later, landing / "later.parquet")
+        run_deployment = ["deployment", "run", "anomaly-score-landing/score-landing"]
+        triggered = subprocess.run(
+            [sys.executable, "-m", "prefect", *run_deployment],
+            cwd=ROOT,
+            env=_serve_environment(tmp_path) | {"PREFECT_API_URL": served_at.group(1)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert triggered.returncode == 0, triggered.stdout + triggered.stderr
+        deadline = time.monotonic() + TRIGGERED_WITHIN_S
+        while "later.parquet" not in _ledger(out) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert "later.parquet" in _ledger(out), log_path.read_text()
+
         process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         process.wait(timeout=STOPPED_WITHIN_S)
@@ -122,6 +146,8 @@ def test_serve_scores_a_landing_folder_and_stops_on_sigterm(
     rejected = pd.read_parquet(out / entry["rejects"])
     assert len(scored) + len(rejected) == len(good) == entry["rows_in"]
     assert sorted(scored["reading_id"]) == sorted(good["reading_id"])
+    later_entry = ledger["later.parquet"]
+    assert later_entry["rows_in"] == len(later) and later_entry["rows_scored"] > 0
 
     # The run ended PartialFailure, and said so in one line: no traceback anywhere.
     assert "Finished in state PartialFailure(" in output, output
