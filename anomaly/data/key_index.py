@@ -151,9 +151,8 @@ class HashIndex:
         # In memory: sorted levels whose sizes at least double from newest to oldest.
         self._levels: list[tuple[np.ndarray, np.ndarray]] = []
         self._in_memory = 0
-        # On disk: (sorted hashes, rows) memory-mapped for lookups, with their two files.
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
-        self._paths: list[tuple[Path, Path]] = []
+        # On disk: (sorted hashes, rows) memory-mapped for lookups; each map knows its file.
+        self._runs: list[tuple[np.memmap, np.memmap]] = []
         self._files = 0
         self.n_keys = 0
 
@@ -203,7 +202,6 @@ class HashIndex:
     def close(self) -> None:
         """Remove the runs from disk; the index is empty afterwards."""
         self._runs.clear()
-        self._paths.clear()
         self._levels.clear()
         self._in_memory = self.n_keys = 0
         self._bloom = None
@@ -231,7 +229,6 @@ class HashIndex:
                 np.memmap(rows_path, dtype=_ROW, mode="r", shape=(n,)),
             )
         )
-        self._paths.append((hashes_path, rows_path))
 
     def _spill(self) -> None:
         # Each level is already sorted: written as its own run (oldest, largest first, which keeps
@@ -253,9 +250,9 @@ class HashIndex:
     def _merge_last_two(self) -> None:
         """Merge the two newest runs (disjoint hashes) into one, a chunk at a time."""
         na, nb = len(self._runs[-2][0]), len(self._runs[-1][0])
-        (ah, ar), (bh, br) = self._paths[-2], self._paths[-1]
+        (ah, ar), (bh, br) = [tuple(Path(str(m.filename)) for m in run) for run in self._runs[-2:]]
         # The maps go before the merge reads: nothing of the old runs stays resident.
-        del self._runs[-2:], self._paths[-2:]
+        del self._runs[-2:]
         hashes_path, rows_path = self._new_files()
         i = j = 0
         chunk = self.merge_chunk
@@ -271,8 +268,8 @@ class HashIndex:
                 hashes = np.concatenate([a[: ia - i], b[: jb - j]])
                 rows = np.concatenate([_read(ar, _ROW, i, ia), _read(br, _ROW, j, jb)])
                 at = np.argsort(hashes, kind="stable")
-                out_h.write(hashes[at].tobytes())
-                out_r.write(rows[at].tobytes())
+                hashes[at].tofile(out_h)
+                rows[at].tofile(out_r)
                 i, j = ia, jb
         for old in (ah, ar, bh, br):
             old.unlink(missing_ok=True)
