@@ -1,7 +1,20 @@
 import json
 from pathlib import Path
 
-from anomaly.landing import LEDGER_NAME, LandingFile, Ledger
+import pandas as pd
+
+from anomaly.data.parquet import write_parquet_atomic
+from anomaly.data.synthetic import make_sensor_table
+from anomaly.landing import (
+    LEDGER_NAME,
+    LandingFile,
+    Ledger,
+    output_paths,
+    pending_files,
+    score_landing_file,
+)
+from anomaly.scoring import score_frame
+from anomaly.tracking import LoadedModel
 
 
 def landing_file(name: str) -> LandingFile:
@@ -22,22 +35,13 @@ def test_two_runs_recording_at_once_keep_each_others_entries(tmp_path):
 def test_a_landing_file_streams_to_the_same_rows_as_scoring_it_in_memory(
     tmp_path, tracking_config, fitted_detector
 ):
-    import pandas as pd
-
-    from anomaly.data.parquet import file_sha256, write_parquet_atomic
-    from anomaly.data.synthetic import make_sensor_table
-    from anomaly.landing import output_paths, score_landing_file
-    from anomaly.scoring import score_frame
-    from anomaly.tracking import LoadedModel
-
     model = LoadedModel(fitted_detector, "test-detector", "1", "models:/test-detector/1")
     table = make_sensor_table(3000, anomaly_fraction=0.05, seed=41, first_id=0)
     table.loc[[5, 17], "temperature"] = float("nan")
     path = tmp_path / "landing" / "a.parquet"
     write_parquet_atomic(table, path)
-    st = path.stat()
-    file = LandingFile(path, "a.parquet", st.st_size, st.st_mtime_ns, file_sha256(path))
     out_dir = tmp_path / "out"
+    [file] = pending_files(path.parent, Ledger(out_dir), min_age_seconds=0)
 
     result = score_landing_file(model, file, out_dir, tracking_config)
 
@@ -60,17 +64,12 @@ def test_a_landing_file_streams_to_the_same_rows_as_scoring_it_in_memory(
 def test_a_landing_file_that_cannot_be_read_leaves_no_outputs(
     tmp_path, tracking_config, fitted_detector
 ):
-    from anomaly.data.parquet import file_sha256
-    from anomaly.landing import score_landing_file
-    from anomaly.tracking import LoadedModel
-
     model = LoadedModel(fitted_detector, "test-detector", "1", "models:/test-detector/1")
     path = tmp_path / "landing" / "broken.parquet"
     path.parent.mkdir()
     path.write_bytes(b"half a file")
-    st = path.stat()
-    file = LandingFile(path, "broken.parquet", st.st_size, st.st_mtime_ns, file_sha256(path))
     out_dir = tmp_path / "out"
+    [file] = pending_files(path.parent, Ledger(out_dir), min_age_seconds=0)
 
     result = score_landing_file(model, file, out_dir, tracking_config)
 
